@@ -1,0 +1,221 @@
+"""ROI-restricted sliding-window evaluation of coalitions, batched and cached.
+
+For a voxel v the fused output is Σ_t w_t(v) z_t(v) / Σ_t w_t(v) over the windows t that cover v. Only windows
+that overlap the ROI contribute to ROI voxels, so only those are run, on the full-volume grid with the
+full-volume weights: inside the ROI the result equals full-volume inference. A window whose input holds no
+removed player is unchanged from the full coalition, so its cached logits are reused (the fusion is linear in
+the window logits): fused(S) = fused(full) + Σ_{t changed by S} w_t (z_t(S) − z_t(full)) / Σ_t w_t.
+(coalition, window) pairs that do need the network run in batches sized to the memory there is.
+
+Players are given per input voxel and channel as an int array broadcastable to the image, (C, 1, 1, 1) for
+contrasts or (1, I, J, K) for regions; -1 marks input that no coalition removes. A removed player's input is
+replaced by `baseline` (same broadcasting).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import MemoryBudgetError
+from .models import LoadedModel
+from .progress import CancelToken, ProgressFn, check_cancel, no_progress
+from .windows import make_grid
+
+Reducer = Callable[[torch.Tensor], list[float]]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+@dataclasses.dataclass
+class EvaluatorStats:
+    windows_total: int = 0          # windows on the full-volume grid
+    windows_roi: int = 0            # windows that overlap the ROI (the only ones ever run)
+    window_evaluations: int = 0     # (coalition, window) forward passes actually run
+    window_reuses: int = 0          # (coalition, window) pairs served from the full-coalition cache
+    forward_s: float = 0.0
+    total_s: float = 0.0
+    batch_size: int = 0
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        pairs = self.window_evaluations + self.window_reuses
+        out["cache_saving"] = self.window_reuses / pairs if pairs else 0.0
+        return out
+
+
+class Evaluator:
+    def __init__(self, model: LoadedModel, image: np.ndarray, roi: np.ndarray, players: np.ndarray, n_players: int,
+                 baseline: np.ndarray, device: torch.device, batch_size: int | None = None,
+                 memory_fraction: float = 0.5, progress: ProgressFn = no_progress, cancel: CancelToken | None = None):
+        self.model, self.device, self.n_players = model, device, n_players
+        self.progress, self.cancel = progress, cancel
+        self.grid = grid = make_grid(model.window, image.shape[1:])
+        pad = ((0, 0),) + grid.pad
+        self.image = torch.from_numpy(np.pad(image, pad).astype(np.float32, copy=False))
+        self.players = self._pad_broadcast(players.astype(np.int64), pad, -1)
+        self.baseline = self._pad_broadcast(baseline.astype(np.float32), pad, 0.0)
+        roi_p = np.pad(roi.astype(bool), grid.pad)
+        self.roi_voxels = np.argwhere(roi) if roi.any() else np.zeros((0, 3), int)
+        index = np.full(roi_p.shape, -1, dtype=np.int64)
+        index[roi_p] = np.arange(int(roi_p.sum()))
+        self.n_roi = int(roi_p.sum())
+        self.windows, self.local, self.ridx, self.weight = [], [], [], []
+        for w in range(len(grid.starts)):
+            sub = index[grid.slices(w)].ravel()
+            local = np.flatnonzero(sub >= 0)
+            if local.size:
+                self.windows.append(w)
+                self.local.append(torch.from_numpy(local))
+                self.ridx.append(torch.from_numpy(sub[local]))
+                self.weight.append(torch.from_numpy(grid.importance.ravel()[local].astype(np.float64)))
+        self.norm = torch.zeros(self.n_roi, dtype=torch.float64)
+        for r, wgt in zip(self.ridx, self.weight):
+            self.norm[r] += wgt
+        self.presence = np.zeros((len(self.windows), n_players + 1), dtype=bool)
+        for i, w in enumerate(self.windows):
+            ids = np.unique(self._patch(self.players, w))
+            self.presence[i, ids] = True  # column -1 (n_players) collects the "never removed" marker
+        self.presence = self.presence[:, :n_players]
+        self.stats = EvaluatorStats(windows_total=len(grid.starts), windows_roi=len(self.windows))
+        self.batch_size = batch_size or self._auto_batch_size(memory_fraction)
+        self.stats.batch_size = self.batch_size
+        self.model.to(device)
+        self.base_z: list[torch.Tensor] = []
+        self.base_sum = torch.zeros(0)
+        self._compute_full()
+
+    # ----- geometry helpers -------------------------------------------------------------------------
+    @staticmethod
+    def _pad_broadcast(array: np.ndarray, pad, value) -> torch.Tensor:
+        if all(s == 1 for s in array.shape[1:]):
+            return torch.from_numpy(np.ascontiguousarray(array))
+        return torch.from_numpy(np.pad(array, pad, constant_values=value))
+
+    def _patch(self, volume: torch.Tensor, w: int) -> torch.Tensor:
+        if all(s == 1 for s in volume.shape[1:]):
+            return volume
+        return volume[(slice(None),) + self.grid.slices(w)]
+
+    # ----- memory ------------------------------------------------------------------------------------
+    def _auto_batch_size(self, fraction: float) -> int:
+        """Windows per forward pass from the free memory and a per-window estimate (inputs, outputs, activations)."""
+        voxels = int(np.prod(self.grid.size))
+        widths = [p.shape[0] for p in self.model.module.parameters() if p.ndim == 5] or [32]
+        per_item = voxels * 4 * (self.image.shape[0] + len(self.model.labels or [0] * 4) + 8 * max(widths[:2]))
+        free = available_memory(self.device) * fraction
+        if free < per_item:
+            raise MemoryBudgetError(
+                f"One {self.grid.size} window needs about {per_item / 2**30:.1f} GiB; {free / 2**30:.1f} GiB is free on {self.device}.",
+                "Close other programs, use a smaller --window, or run on a machine (or --device) with more memory.")
+        cap = 4 if self.device.type == "cpu" else 64
+        return int(max(1, min(cap, free // per_item)))
+
+    # ----- evaluation --------------------------------------------------------------------------------
+    def _inputs(self, pairs: list[tuple[np.ndarray, int]]) -> torch.Tensor:
+        batch = []
+        for coalition, i in pairs:
+            w = self.windows[i]
+            keep_ext = torch.from_numpy(np.append(coalition, True))
+            keep = keep_ext[self._patch(self.players, w)]
+            batch.append(torch.where(keep, self._patch(self.image, w), self._patch(self.baseline, w)))
+        return torch.stack(batch)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Network logits for a batch; halves the batch and retries when memory runs out."""
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                out = self.model.forward(x.to(self.device))
+                out = out[0] if isinstance(out, (list, tuple)) else out
+                out = out.float().flatten(2).cpu()
+        except (RuntimeError, MemoryError) as exc:
+            if not _is_oom(exc):
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if x.shape[0] == 1:
+                raise MemoryBudgetError(f"Out of memory running one window of {tuple(x.shape[2:])} on {self.device}.",
+                                        "Use a smaller --window, --device cpu, or a machine with more memory.") from exc
+            half = x.shape[0] // 2
+            self.batch_size = max(1, half)
+            return torch.cat([self._forward(x[:half]), self._forward(x[half:])])
+        self.stats.forward_s += time.perf_counter() - t0
+        return out
+
+    def _compute_full(self) -> None:
+        full = np.ones(self.n_players, dtype=bool)
+        pairs = [(full, i) for i in range(len(self.windows))]
+        k = None
+        for start in range(0, len(pairs), self.batch_size):
+            check_cancel(self.cancel)
+            z = self._forward(self._inputs(pairs[start:start + self.batch_size]))
+            for b, (_, i) in enumerate(pairs[start:start + self.batch_size]):
+                self.base_z.append(z[b][:, self.local[i]])
+            k = z.shape[1]
+        self.base_sum = torch.zeros((k, self.n_roi), dtype=torch.float64)
+        for i, z in enumerate(self.base_z):
+            self.base_sum[:, self.ridx[i]] += self.weight[i] * z.double()
+        self.stats.window_evaluations += len(pairs)
+
+    def full_logits(self) -> torch.Tensor:
+        """Fused logits (K, R) at the ROI voxels with every player present."""
+        return (self.base_sum / self.norm).float()
+
+    def affected(self, coalitions: np.ndarray) -> np.ndarray:
+        """(n, W): whether coalition n removes a player present in window W."""
+        return ((~coalitions).astype(np.int32) @ self.presence.T.astype(np.int32)) > 0
+
+    def evaluate(self, coalitions: np.ndarray, reducer: Reducer, stage: str = "coalitions", group: int = 16) -> np.ndarray:
+        """reducer(fused logits (K, R)) for each coalition (rows of a bool (n, P) matrix)."""
+        t_start = time.perf_counter()
+        coalitions = np.asarray(coalitions, dtype=bool)
+        affected = self.affected(coalitions)
+        total = int(affected.sum())
+        done = 0
+        self.progress(0, total, stage)
+        out = []
+        for g0 in range(0, len(coalitions), group):
+            rows = range(g0, min(g0 + group, len(coalitions)))
+            acc = {n: self.base_sum.clone() for n in rows}
+            pairs = [(n, i) for n in rows for i in np.flatnonzero(affected[n])]
+            self.stats.window_reuses += len(rows) * len(self.windows) - len(pairs)
+            for start in range(0, len(pairs), self.batch_size):
+                check_cancel(self.cancel)
+                chunk = pairs[start:start + self.batch_size]
+                z = self._forward(self._inputs([(coalitions[n], i) for n, i in chunk]))
+                for b, (n, i) in enumerate(chunk):
+                    acc[n][:, self.ridx[i]] += self.weight[i] * (z[b][:, self.local[i]] - self.base_z[i]).double()
+                done += len(chunk)
+                self.stats.window_evaluations += len(chunk)
+                self.progress(done, total, stage)
+            out.extend(reducer((acc[n] / self.norm).float()) for n in rows)
+        self.stats.total_s += time.perf_counter() - t_start
+        if total == 0:
+            self.progress(0, 0, stage)
+        return np.asarray(out, dtype=np.float64)
