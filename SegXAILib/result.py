@@ -23,6 +23,7 @@ from .volumes import Geometry, write_volume
 
 SCHEMA = "segxai.result/1"
 RESULT_FILE = "result.json"
+INDEX_FILE = "index.json"  # a run over several targets: one result folder per target beside it
 
 
 def sha256(path: str | Path) -> str:
@@ -65,7 +66,7 @@ def check_destination(out_dir: str | Path, overwrite: bool = False) -> Path:
         if not overwrite:
             raise InputError(f"The output folder {out} already exists and is not empty.",
                              "Choose a new --out folder (results are never overwritten), or pass --overwrite to replace an earlier SegXAI result.")
-        if not (out / RESULT_FILE).exists():
+        if not ((out / RESULT_FILE).exists() or (out / INDEX_FILE).exists()):
             raise InputError(f"{out} is not a SegXAI result folder; refusing to replace it.", "Choose a new --out folder.")
     return out
 
@@ -80,20 +81,20 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
-def write_result(out_dir: str | Path, result: Mapping[str, Any], maps: Mapping[str, tuple[np.ndarray, Geometry]] = (),
-                 overwrite: bool = False, extra_files: Mapping[str, bytes] = ()) -> Path:
-    """Writes result.json and its volumes (`maps`: key -> (array, geometry), saved as KEY.nii.gz) atomically."""
+def _write_into(folder: Path, result: Mapping[str, Any], maps: Mapping[str, tuple[np.ndarray, Geometry]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {key: write_volume(array, geometry, folder / f"{key}.nii.gz").name for key, (array, geometry) in dict(maps).items()}
+    doc = {"schema": SCHEMA, **result, "maps": {**result.get("maps", {}), **names}}
+    (folder / RESULT_FILE).write_text(json.dumps(doc, indent=2, default=_json_default))
+
+
+def _atomic(out_dir: str | Path, overwrite: bool, fill) -> Path:
+    """Runs fill(temporary folder) and renames the folder to `out_dir`; nothing is left behind on failure."""
     out = check_destination(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        names = {}
-        for key, (array, geometry) in dict(maps).items():
-            names[key] = write_volume(array, geometry, tmp / f"{key}.nii.gz").name
-        for name, data in dict(extra_files).items():
-            (tmp / name).write_bytes(data)
-        doc = {"schema": SCHEMA, **result, "maps": {**result.get("maps", {}), **names}}
-        (tmp / RESULT_FILE).write_text(json.dumps(doc, indent=2, default=_json_default))
+        fill(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -101,6 +102,22 @@ def write_result(out_dir: str | Path, result: Mapping[str, Any], maps: Mapping[s
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def write_result(out_dir: str | Path, result: Mapping[str, Any], maps: Mapping[str, tuple[np.ndarray, Geometry]] = (),
+                 overwrite: bool = False) -> Path:
+    """Writes result.json and its volumes (`maps`: key -> (array, geometry), saved as KEY.nii.gz) atomically."""
+    return _atomic(out_dir, overwrite, lambda tmp: _write_into(tmp, result, maps))
+
+
+def write_results(out_dir: str | Path, results: Mapping[str, tuple[Mapping[str, Any], Mapping]], overwrite: bool = False) -> Path:
+    """Several targets of one run: OUT/<target>/result.json each, and OUT/index.json listing them, atomically."""
+    def fill(tmp: Path) -> None:
+        for name, (result, maps) in results.items():
+            _write_into(tmp / name, result, maps)
+        (tmp / INDEX_FILE).write_text(json.dumps({"schema": SCHEMA, "results": list(results)}, indent=2))
+
+    return _atomic(out_dir, overwrite, fill)
 
 
 def read_result(out_dir: str | Path) -> dict:

@@ -1,0 +1,157 @@
+"""`segxai` command line: explain, describe-model, demo.
+
+Exit codes: 0 done, 2 bad input, 3 model problem, 4 not enough memory, 130 cancelled (Ctrl-C / SIGTERM).
+With `--progress json` the machine-readable `SEGXAI_EVENT` lines go to stderr (started, progress, done, error),
+which is what the Slicer runner and the web front end read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+from .errors import Cancelled, InputError, MemoryBudgetError, ModelError, SegXAIError
+from .models import ModelOptions, describe_model
+from .progress import JsonLinesProgress, TerminalProgress, format_event, no_progress
+from .request import ExplainRequest
+
+EXIT_CODES = {InputError: 2, ModelError: 3, MemoryBudgetError: 4, Cancelled: 130}
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--trust", action="store_true", help="allow model formats whose loading executes code (pickles, bundle expressions, nnU-Net checkpoints)")
+    g.add_argument("--channels", help="input channel names in order, e.g. T1,T1c,T2,FLAIR (default: from the model)")
+    g.add_argument("--preprocess", choices=["none", "zscore", "ct"], default="none", help="TorchScript / factory models: intensity preprocessing (default none: images as given)")
+    g.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size (default: the model's own, or the whole volume)")
+    g.add_argument("--overlap", type=float, help="sliding-window overlap (default: the model's own, else 0.5)")
+    g.add_argument("--factory", help="package.module:function building the network for a state-dict --model")
+    g.add_argument("--factory-kwargs", type=json.loads, help="JSON keyword arguments for --factory")
+    g.add_argument("--folds", help="nnU-Net folds to use, e.g. 0,1,2 (default: all found)")
+    g.add_argument("--checkpoint", default="checkpoint_final.pth", help="nnU-Net checkpoint file name")
+    g.add_argument("--no-mirroring", action="store_true", help="nnU-Net: no test-time mirroring")
+
+
+def _model_options(args) -> ModelOptions:
+    return ModelOptions(trust=args.trust, channels=args.channels.split(",") if args.channels else None, preprocess=args.preprocess,
+                        window=tuple(args.window) if args.window else None, overlap=args.overlap, factory=args.factory,
+                        factory_kwargs=args.factory_kwargs, folds=args.folds.split(",") if args.folds else None,
+                        checkpoint=args.checkpoint, mirroring=not args.no_mirroring)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segxai", description="Explain 3D medical image segmentation models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("explain", help="explain a model's segmentation inside an ROI; writes a result folder")
+    e.add_argument("--image", action="append", required=True, help="one per model input channel, in order (or one 4D file)")
+    e.add_argument("--model", action="append", required=True, help="one per fold / ensemble member; an nnU-Net folder gives all its folds")
+    roi = e.add_mutually_exclusive_group(required=True)
+    roi.add_argument("--roi-mask", help="nonzero voxels = ROI, on the grid of the first image")
+    roi.add_argument("--roi-box", type=float, nargs=6, metavar=("R1", "A1", "S1", "R2", "A2", "S2"), help="axis-aligned ROI box in RAS mm")
+    e.add_argument("--target-label", action="append", required=True, help="label, label set (1,3), name, or BraTS region WT/TC/ET; repeat for several")
+    e.add_argument("--method", default="contrast-shapley", choices=["contrast-shapley"])
+    e.add_argument("--value", default="dice", help="dice, soft-dice, tp, fp, tp-rate, fp-rate, mean-prob")
+    e.add_argument("--out", required=True, help="result folder (must not exist yet)")
+    e.add_argument("--reference", help="reference segmentation (default: the model's own prediction)")
+    e.add_argument("--ground-truth", help="ground-truth labels: each model's Dice inside the ROI is reported")
+    e.add_argument("--budget", type=int, help="coalition budget for approximate methods")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    e.add_argument("--baseline", default="zero", choices=["zero", "mean", "min"], help="what replaces a removed contrast, in model input space")
+    e.add_argument("--clinician-ranking", help="e.g. FLAIR,T2,T1c,T1 or a JSON table (default: Resources/clinician_rankings.json)")
+    e.add_argument("--batch-size", type=int, help="windows per forward pass (default: from free memory)")
+    e.add_argument("--resample", action="store_true", help="resample images/masks on another grid onto the first image (never silent)")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier SegXAI result in --out")
+    e.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+    _model_arguments(e)
+
+    d = sub.add_parser("describe-model", help="what a model takes and gives (channels, labels, window)")
+    d.add_argument("model")
+    d.add_argument("--json", action="store_true")
+    _model_arguments(d)
+
+    demo = sub.add_parser("demo", help="generate the demo case and explain the shipped demo models")
+    demo.add_argument("--out", default="demo-output")
+    demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+    return parser
+
+
+def _request(args) -> ExplainRequest:
+    return ExplainRequest(images=args.image, models=args.model, out=args.out, targets=args.target_label, method=args.method,
+                          value=args.value, roi_mask=args.roi_mask, roi_box=args.roi_box, reference=args.reference,
+                          ground_truth=args.ground_truth, seed=args.seed, budget=args.budget, device=args.device,
+                          baseline=args.baseline, resample=args.resample, overwrite=args.overwrite,
+                          clinician_ranking=args.clinician_ranking, batch_size=args.batch_size, model_options=_model_options(args))
+
+
+def _cancel_on_signals() -> threading.Event:
+    """SIGTERM (the Slicer runner's cancel) and Ctrl-C set the token; the engine stops between batches."""
+    cancel = threading.Event()
+
+    def handler(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return cancel
+
+
+def _progress(kind: str):
+    return {"json": JsonLinesProgress(), "bar": TerminalProgress(), "none": no_progress}[kind]
+
+
+def _explain(args) -> int:
+    from .run import run
+
+    request = _request(args)
+    if args.progress == "json":
+        print(format_event("started", method=request.method, targets=request.targets, out=request.out), file=sys.stderr, flush=True)
+    out = run(request, _progress(args.progress), _cancel_on_signals())
+    if args.progress == "json":
+        print(format_event("done", out=str(out)), file=sys.stderr, flush=True)
+    print(f"Result written to {out}")
+    return 0
+
+
+def _describe(args) -> int:
+    info = describe_model(args.model, _model_options(args))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>12}: {value}")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo.run_demo import run_demo
+
+    run_demo(args.out, overwrite=args.overwrite, progress=_progress(args.progress), cancel=_cancel_on_signals())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    json_events = getattr(args, "progress", None) == "json"
+    try:
+        return {"explain": _explain, "describe-model": _describe, "demo": _demo}[args.command](args)
+    except SegXAIError as exc:
+        code = next((c for cls, c in EXIT_CODES.items() if isinstance(exc, cls)), 1)
+        if json_events:
+            print(format_event("error", kind=type(exc).__name__, problem=exc.problem, fix=exc.fix), file=sys.stderr, flush=True)
+        print(f"segxai: {exc.problem}" + (f"\n  Fix: {exc.fix}" if exc.fix else ""), file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print("segxai: cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Explanation methods. Each takes an ExplainInputs and returns one MethodResult per target."""

@@ -1,0 +1,33 @@
+"""ExplainRequest: everything a front end gathers for one run, in one typed object (the CLI, Slicer and web build it)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .models.options import ModelOptions
+
+
+@dataclasses.dataclass
+class ExplainRequest:
+    images: list[str]                      # one per model input channel, in order (or one 4D file)
+    models: list[str]                      # one per fold / ensemble member (an nnU-Net folder gives all its folds)
+    out: str
+    targets: list[str]                     # label numbers, names, label sets "1,3" or BraTS regions WT / TC / ET
+    method: str = "contrast-shapley"
+    value: str = "dice"
+    roi_mask: str | None = None
+    roi_box: list[float] | None = None     # R1 A1 S1 R2 A2 S2 in mm
+    reference: str | None = None           # default: each model's own prediction on the unperturbed case
+    ground_truth: str | None = None        # only reported (Dice per model), never used as the reference unless given as such
+    seed: int = 0
+    budget: int | None = None
+    device: str = "auto"
+    baseline: str = "zero"                 # zero | mean | min, per channel in the model's input space
+    resample: bool = False
+    overwrite: bool = False
+    clinician_ranking: str | None = None   # "FLAIR,T2,T1c,T1" or a JSON table; default: Resources/clinician_rankings.json
+    batch_size: int | None = None          # windows per forward pass; default: from free memory
+    model_options: ModelOptions = dataclasses.field(default_factory=ModelOptions)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
