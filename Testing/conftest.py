@@ -62,3 +62,15 @@ def blob_case(tmp_path):
                              {"channels": ["A", "B", "C"], "labels": {"background": 0, "blob": 1}})
     return {"images": [str(p) for p in paths], "roi": str(roi_path), "truth": str(truth_path), "model": str(model),
             "geometry": geo, "blob": blob, "dir": tmp_path}
+
+
+@pytest.fixture(scope="session")
+def nnunet_folder(tmp_path_factory) -> Path:
+    """A real nnU-Net v2 results folder (plans, dataset.json, fold_0 checkpoint) written by nnU-Net's own code."""
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("nnunet")
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("nnunet_results.py")), str(work)],
+                          capture_output=True, text=True, check=True)
+    return Path(done.stdout.strip().splitlines()[-1])
