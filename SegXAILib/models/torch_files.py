@@ -94,7 +94,11 @@ def _from_factory(path: Path, options: ModelOptions) -> torch.nn.Module:
     except (ImportError, AttributeError, ValueError) as exc:
         raise ModelError(f"Cannot import the factory {options.factory!r}: {exc}",
                          "Give it as package.module:function, importable from the current environment.") from exc
-    net = factory(**(options.factory_kwargs or {}))
+    try:
+        net = factory(**(options.factory_kwargs or {}))
+    except Exception as exc:
+        raise ModelError(f"The factory {options.factory} failed with {options.factory_kwargs}: {exc}",
+                         "Check the factory arguments (--factory-kwargs) against the training configuration.") from exc
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:

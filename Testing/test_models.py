@@ -1,0 +1,120 @@
+"""Every model format from real files: TorchScript, pickled module, state dict + factory, MONAI bundle, nnU-Net."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.networks.nets import SegResNet
+
+from conftest import ThresholdSum, save_torchscript
+from SegXAILib.errors import ModelError, TrustError
+from SegXAILib.evaluator import Evaluator
+from SegXAILib.models import ModelOptions, describe_model, load_models
+from SegXAILib.volumes import Case, Geometry
+
+SEGRESNET = {"spatial_dims": 3, "in_channels": 2, "out_channels": 3, "init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]}
+
+
+def test_torchscript_metadata_and_options(tmp_path):
+    path = save_torchscript(ThresholdSum([1.0, 1.0], 1.0), tmp_path / "m.pt",
+                            {"channels": ["T2", "FLAIR"], "labels": {"background": 0, "lesion": 1}, "window": [8, 8, 8], "preprocess": "zscore"})
+    model, = load_models([path])
+    assert (model.format, model.in_channels, model.channel_names, model.labels) == ("torchscript", 2, ["T2", "FLAIR"], {"background": 0, "lesion": 1})
+    assert model.window.size == (8, 8, 8) and model.preprocessing == "zscore"
+    info = describe_model(path)
+    assert info["needs_trust"] is False and info["channels"] == ["T2", "FLAIR"]
+    model, = load_models([path], ModelOptions(channels=["a", "b"], window=(6, 6, 6)))
+    assert model.channel_names == ["a", "b"] and model.window.size == (6, 6, 6)
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(ThresholdSum([1.0], 0.5), str(path))
+    with pytest.raises(TrustError, match="--trust"):
+        load_models([path])
+    model, = load_models([path], ModelOptions(trust=True))
+    assert model.format == "pickled-module" and model.in_channels == 1
+
+
+def test_state_dict_with_factory_loads_weights_only(tmp_path):
+    torch.manual_seed(0)
+    net = SegResNet(**SEGRESNET)
+    path = tmp_path / "weights.pt"
+    torch.save(net.state_dict(), str(path))
+    with pytest.raises(ModelError, match="--factory"):
+        load_models([path])
+    model, = load_models([path], ModelOptions(factory="monai.networks.nets:SegResNet", factory_kwargs=SEGRESNET))
+    x = torch.randn(1, 2, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model.forward(x), net.eval()(x))
+    with pytest.raises(ModelError, match="factory-kwargs"):
+        load_models([path], ModelOptions(factory="monai.networks.nets:SegResNet", factory_kwargs={**SEGRESNET, "init_filters": 16}))
+
+
+def test_unreadable_model_is_a_model_error(tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelError):
+        load_models([bad], ModelOptions(trust=True))
+    with pytest.raises(ModelError, match="does not exist"):
+        load_models([tmp_path / "missing.pt"])
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    """A MONAI bundle written with MONAI's own config tooling: network_def, inferer, preprocessing, metadata, weights."""
+    root = tmp_path / "bundle"
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    config = {
+        "network_def": {"_target_": "SegResNet", **SEGRESNET},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "sw_batch_size": 2, "overlap": 0.25, "mode": "gaussian"},
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True}]},
+        "postprocessing": {"_target_": "Compose", "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}]},
+    }
+    ConfigParser.export_config_file(config, str(root / "configs" / "inference.json"))
+    meta = {"version": "0.1", "network_data_format": {
+        "inputs": {"image": {"num_channels": 2, "channel_def": {"0": "T1c", "1": "FLAIR"}}},
+        "outputs": {"pred": {"num_channels": 3, "channel_def": {"0": "background", "1": "core", "2": "oedema"}}}}}
+    ConfigParser.export_config_file(meta, str(root / "configs" / "metadata.json"))
+    torch.manual_seed(1)
+    net = SegResNet(**SEGRESNET)
+    torch.save({k: v.half() for k, v in net.state_dict().items()}, str(root / "models" / "model.pt"))
+    return root, config
+
+
+def test_monai_bundle_needs_trust_then_matches_monai(bundle):
+    root, config = bundle
+    info = describe_model(root)
+    assert info["format"] == "monai-bundle" and info["channels"] == ["T1c", "FLAIR"] and info["needs_trust"]
+    with pytest.raises(TrustError):
+        load_models([root])
+    model, = load_models([root], ModelOptions(trust=True))
+    assert model.window.size == (16, 16, 16) and model.window.overlap == 0.25 and model.labels["oedema"] == 2
+    assert "NormalizeIntensity" in model.preprocessing
+    rng = np.random.default_rng(2)
+    images = np.abs(rng.normal(size=(2, 30, 26, 20))).astype(np.float32) * 100
+    prepared = model.prepare(Case(images, Geometry(images.shape[1:], np.eye(4)), ["T1c", "FLAIR"], ["", ""]))
+    assert abs(prepared.image[0][images[0] != 0].mean()) < 1e-4  # the bundle's own z-scoring ran
+    roi = np.zeros(images.shape[1:], bool)
+    roi[3:12, 4:20, 2:9] = True
+    ev = Evaluator(model, prepared.image, roi, np.arange(2).reshape(2, 1, 1, 1), 2, np.zeros((2, 1, 1, 1), np.float32), torch.device("cpu"))
+    parser = ConfigParser(config)
+    inferer = parser.get_parsed_content("inferer")
+    with torch.inference_mode():
+        full = inferer(torch.from_numpy(prepared.image)[None], model.module)[0].numpy()
+    assert np.abs(ev.full_logits().numpy() - full[:, roi]).max() <= 1e-5
+
+
+def test_nnunet_folder(nnunet_folder):
+    info = describe_model(nnunet_folder)
+    assert info["format"] == "nnunet-v2" and info["channels"] == ["T1", "FLAIR"] and info["folds"] == ["0"] and info["needs_trust"]
+    with pytest.raises(TrustError, match="--trust"):
+        load_models([nnunet_folder])
+    model, = load_models([nnunet_folder], ModelOptions(trust=True))
+    assert model.format == "nnunet-v2" and model.window.kind == "nnunet" and model.labels == {"background": 0, "lesion": 1}
+    json.loads((nnunet_folder / "plans.json").read_text())  # written by nnU-Net itself
