@@ -16,7 +16,9 @@ import threading
 from .errors import Cancelled, InputError, MemoryBudgetError, ModelError, SegXAIError
 from .models import ModelOptions, describe_model
 from .progress import JsonLinesProgress, TerminalProgress, format_event, no_progress
-from .request import ExplainRequest
+from .estimators import APPROXIMATORS
+from .players import KINDS
+from .request import ExplainRequest, RegionOptions
 
 EXIT_CODES = {InputError: 2, ModelError: 3, MemoryBudgetError: 4, Cancelled: 130}
 
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     roi.add_argument("--roi-mask", help="nonzero voxels = ROI, on the grid of the first image")
     roi.add_argument("--roi-box", type=float, nargs=6, metavar=("R1", "A1", "S1", "R2", "A2", "S2"), help="axis-aligned ROI box in RAS mm")
     e.add_argument("--target-label", action="append", required=True, help="label, label set (1,3), name, or BraTS region WT/TC/ET; repeat for several")
-    e.add_argument("--method", default="contrast-shapley", choices=["contrast-shapley"])
+    e.add_argument("--method", default="contrast-shapley", choices=["contrast-shapley", "region-shap"])
     e.add_argument("--value", default="dice", help="dice, soft-dice, tp, fp, tp-rate, fp-rate, mean-prob")
     e.add_argument("--out", required=True, help="result folder (must not exist yet)")
     e.add_argument("--reference", help="reference segmentation (default: the model's own prediction)")
@@ -67,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--resample", action="store_true", help="resample images/masks on another grid onto the first image (never silent)")
     e.add_argument("--overwrite", action="store_true", help="replace an earlier SegXAI result in --out")
     e.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+    r = e.add_argument_group("region SHAP")
+    r.add_argument("--features", default="supervoxel", choices=list(KINDS), help="player kind")
+    r.add_argument("--labels", help="organ / region label map on the image grid (organ, hybrid, labels players)")
+    r.add_argument("--label-names", type=json.loads, help='JSON {"1": "liver", ...} naming the label map\'s values')
+    size = r.add_mutually_exclusive_group()
+    size.add_argument("--n-players", type=int, default=64, help="number of supervoxels (approximate)")
+    size.add_argument("--cell-mm", type=float, help="lattice cell size in mm")
+    r.add_argument("--estimator", default="kernelshap", choices=list(APPROXIMATORS), help="shapiq approximator when not exact")
+    r.add_argument("--mask-share", type=float, default=0.8, help="share of positive attribution the global mask holds")
+    r.add_argument("--top-k", type=int, default=10)
     _model_arguments(e)
 
     d = sub.add_parser("describe-model", help="what a model takes and gives (channels, labels, window)")
@@ -86,7 +98,10 @@ def _request(args) -> ExplainRequest:
                           value=args.value, roi_mask=args.roi_mask, roi_box=args.roi_box, reference=args.reference,
                           ground_truth=args.ground_truth, seed=args.seed, budget=args.budget, device=args.device,
                           baseline=args.baseline, resample=args.resample, overwrite=args.overwrite,
-                          clinician_ranking=args.clinician_ranking, batch_size=args.batch_size, model_options=_model_options(args))
+                          clinician_ranking=args.clinician_ranking, batch_size=args.batch_size, model_options=_model_options(args),
+                          region=RegionOptions(features=args.features, labels=args.labels, n_players=args.n_players, cell_mm=args.cell_mm,
+                                               label_names={int(k): v for k, v in (args.label_names or {}).items()} or None,
+                                               estimator=args.estimator, mask_share=args.mask_share, top_k=args.top_k))
 
 
 def _cancel_on_signals() -> threading.Event:

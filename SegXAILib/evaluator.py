@@ -5,6 +5,9 @@ that overlap the ROI contribute to ROI voxels, so only those are run, on the ful
 full-volume weights: inside the ROI the result equals full-volume inference. A window whose input holds no
 removed player is unchanged from the full coalition, so its cached logits are reused (the fusion is linear in
 the window logits): fused(S) = fused(full) + Σ_{t changed by S} w_t (z_t(S) − z_t(full)) / Σ_t w_t.
+More generally a window's logits depend only on which of the players inside it a coalition keeps, so changed
+windows are memoised under that pattern and shared by every coalition that repeats it (for contrasts, whose
+players span every window, this adds nothing; for regions it is most of the saving).
 (coalition, window) pairs that do need the network run in batches sized to the memory there is.
 
 Players are given per input voxel and channel as an int array broadcastable to the image, (C, 1, 1, 1) for
@@ -72,7 +75,8 @@ class EvaluatorStats:
 class Evaluator:
     def __init__(self, model: LoadedModel, image: np.ndarray, roi: np.ndarray, players: np.ndarray, n_players: int,
                  baseline: np.ndarray, device: torch.device, batch_size: int | None = None,
-                 memory_fraction: float = 0.5, progress: ProgressFn = no_progress, cancel: CancelToken | None = None):
+                 memory_fraction: float = 0.5, progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
+                 memo_bytes: int = 1 << 30):
         self.model, self.device, self.n_players = model, device, n_players
         self.progress, self.cancel = progress, cancel
         self.grid = grid = make_grid(model.window, image.shape[1:])
@@ -102,6 +106,9 @@ class Evaluator:
             ids = np.unique(self._patch(self.players, w))
             self.presence[i, ids] = True  # column -1 (n_players) collects the "never removed" marker
         self.presence = self.presence[:, :n_players]
+        self.present = [np.flatnonzero(row) for row in self.presence]
+        self.memo: dict[tuple[int, bytes], torch.Tensor] = {}
+        self.memo_bytes, self.memo_used = memo_bytes, 0
         self.stats = EvaluatorStats(windows_total=len(grid.starts), windows_roi=len(self.windows))
         self.batch_size = batch_size or self._auto_batch_size(memory_fraction)
         self.stats.batch_size = self.batch_size
@@ -191,8 +198,17 @@ class Evaluator:
         """(n, W): whether coalition n removes a player present in window W."""
         return ((~coalitions).astype(np.int32) @ self.presence.T.astype(np.int32)) > 0
 
+    def _key(self, coalition: np.ndarray, i: int) -> bytes:
+        """What window i's input depends on: which of the players present in it the coalition keeps."""
+        return np.packbits(coalition[self.present[i]]).tobytes()
+
     def evaluate(self, coalitions: np.ndarray, reducer: Reducer, stage: str = "coalitions", group: int = 16) -> np.ndarray:
-        """reducer(fused logits (K, R)) for each coalition (rows of a bool (n, P) matrix)."""
+        """reducer(fused logits (K, R)) for each coalition (rows of a bool (n, P) matrix).
+
+        A window's logits depend only on which of *its* players the coalition keeps, so they are memoised under
+        that key (as the change from the full coalition, within a memory cap) and shared by every coalition,
+        in this call or a later one, that keeps the same players there.
+        """
         t_start = time.perf_counter()
         coalitions = np.asarray(coalitions, dtype=bool)
         affected = self.affected(coalitions)
@@ -201,16 +217,36 @@ class Evaluator:
         self.progress(0, total, stage)
         out = []
         for g0 in range(0, len(coalitions), group):
+            check_cancel(self.cancel)
             rows = range(g0, min(g0 + group, len(coalitions)))
             acc = {n: self.base_sum.clone() for n in rows}
-            pairs = [(n, i) for n in rows for i in np.flatnonzero(affected[n])]
-            self.stats.window_reuses += len(rows) * len(self.windows) - len(pairs)
-            for start in range(0, len(pairs), self.batch_size):
+            pending: dict[tuple[int, bytes], list[int]] = {}
+            for n in rows:
+                affected_windows = np.flatnonzero(affected[n])
+                self.stats.window_reuses += len(self.windows) - len(affected_windows)
+                for i in affected_windows:
+                    key = (int(i), self._key(coalitions[n], i))
+                    if key in self.memo:
+                        acc[n][:, self.ridx[i]] += self.weight[i] * self.memo[key].double()
+                        self.stats.window_reuses += 1
+                        done += 1
+                    else:
+                        pending.setdefault(key, []).append(n)
+            jobs = list(pending)
+            self.stats.window_reuses += sum(len(v) - 1 for v in pending.values())
+            done += sum(len(v) - 1 for v in pending.values())
+            for start in range(0, len(jobs), self.batch_size):
                 check_cancel(self.cancel)
-                chunk = pairs[start:start + self.batch_size]
-                z = self._forward(self._inputs([(coalitions[n], i) for n, i in chunk]))
-                for b, (n, i) in enumerate(chunk):
-                    acc[n][:, self.ridx[i]] += self.weight[i] * (z[b][:, self.local[i]] - self.base_z[i]).double()
+                chunk = jobs[start:start + self.batch_size]
+                z = self._forward(self._inputs([(coalitions[pending[key][0]], key[0]) for key in chunk]))
+                for b, key in enumerate(chunk):
+                    i = key[0]
+                    delta = z[b][:, self.local[i]] - self.base_z[i]
+                    if self.memo_used + delta.numel() * 4 <= self.memo_bytes:
+                        self.memo[key] = delta
+                        self.memo_used += delta.numel() * 4
+                    for n in pending[key]:
+                        acc[n][:, self.ridx[i]] += self.weight[i] * delta.double()
                 done += len(chunk)
                 self.stats.window_evaluations += len(chunk)
                 self.progress(done, total, stage)

@@ -8,6 +8,20 @@ from .models.options import ModelOptions
 
 
 @dataclasses.dataclass
+class RegionOptions:
+    """Region SHAP: which players, how many, how they are estimated and summarised."""
+
+    features: str = "supervoxel"            # supervoxel | lattice | organ | hybrid | labels
+    labels: str | None = None               # label map for organ / hybrid / labels players
+    label_names: dict[int, str] | None = None
+    n_players: int = 64                     # supervoxel / hybrid count (lattice: when no cell size is given)
+    cell_mm: float | None = None            # lattice cell size
+    estimator: str = "kernelshap"           # a shapiq approximator (see estimators.APPROXIMATORS) when not exact
+    mask_share: float = 0.8                 # the global mask holds this share of the positive attribution
+    top_k: int = 10
+
+
+@dataclasses.dataclass
 class ExplainRequest:
     images: list[str]                      # one per model input channel, in order (or one 4D file)
     models: list[str]                      # one per fold / ensemble member (an nnU-Net folder gives all its folds)
@@ -28,6 +42,7 @@ class ExplainRequest:
     clinician_ranking: str | None = None   # "FLAIR,T2,T1c,T1" or a JSON table; default: Resources/clinician_rankings.json
     batch_size: int | None = None          # windows per forward pass; default: from free memory
     model_options: ModelOptions = dataclasses.field(default_factory=ModelOptions)
+    region: RegionOptions = dataclasses.field(default_factory=RegionOptions)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -16,7 +16,7 @@ import torch
 
 from .errors import InputError
 from .evaluator import pick_device
-from .methods import contrast_shapley
+from .methods import contrast_shapley, region_shap
 from .methods.base import ExplainInputs, MethodResult
 from .models import load_models
 from .progress import CancelToken, ProgressFn, check_cancel, no_progress
@@ -24,7 +24,7 @@ from .request import ExplainRequest
 from .result import check_destination, provenance, write_result, write_results
 from .volumes import box_mask, load_case, load_mask
 
-METHODS = {contrast_shapley.NAME: contrast_shapley.explain}
+METHODS = {contrast_shapley.NAME: contrast_shapley.explain, region_shap.NAME: region_shap.explain}
 
 
 def seed_everything(seed: int) -> None:
@@ -59,7 +59,8 @@ def load_inputs(request: ExplainRequest) -> ExplainInputs:
         raise InputError("No ROI given.", "Pass --roi-mask PATH (nonzero voxels = ROI) or --roi-box R1 A1 S1 R2 A2 S2 (mm).")
     reference = load_mask(request.reference, case.geometry, "reference", request.resample) if request.reference else None
     truth = load_mask(request.ground_truth, case.geometry, "ground truth", request.resample) if request.ground_truth else None
-    return ExplainInputs(request, case, roi, reference, truth, models, pick_device(request.device))
+    labels = load_mask(request.region.labels, case.geometry, "label map", request.resample) if request.region.labels else None
+    return ExplainInputs(request, case, roi, reference, truth, labels, models, pick_device(request.device))
 
 
 def run(request: ExplainRequest, progress: ProgressFn = no_progress, cancel: CancelToken | None = None) -> Path:

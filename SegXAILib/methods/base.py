@@ -25,6 +25,7 @@ class ExplainInputs:
     roi: np.ndarray                    # bool, case grid
     reference: np.ndarray | None       # int labels, case grid
     ground_truth: np.ndarray | None    # int labels, case grid
+    labels: np.ndarray | None          # organ / region label map (region players), case grid
     models: list[LoadedModel]
     device: torch.device
 
@@ -45,14 +46,19 @@ class ModelCase:
     roi: np.ndarray
     reference: np.ndarray | None
     ground_truth: np.ndarray | None
+    labels: np.ndarray | None
+
+    def to_case_volume(self, volume: np.ndarray, case_geometry: Geometry, order: int = 0) -> np.ndarray:
+        """A volume on the model grid mapped onto the case grid (unchanged when the grids are the same)."""
+        if not self.prepared.geometry.differences(case_geometry):
+            return volume
+        return resample_to(volume, self.prepared.geometry, case_geometry, order=order)
 
     def to_case_grid(self, values_at_roi: np.ndarray, case_geometry: Geometry, order: int = 0) -> np.ndarray:
         """Scatters per-ROI-voxel values into the model grid and maps them onto the case grid."""
         volume = np.zeros(self.roi.shape, dtype=np.float32)
         volume[self.roi] = values_at_roi
-        if not self.prepared.geometry.differences(case_geometry):
-            return volume
-        return resample_to(volume, self.prepared.geometry, case_geometry, order=order)
+        return self.to_case_volume(volume, case_geometry, order)
 
 
 def _to_model_grid(mask: np.ndarray | None, case: Case, prepared: Prepared) -> np.ndarray | None:
@@ -76,7 +82,7 @@ def model_case(model: LoadedModel, inputs: ExplainInputs) -> ModelCase:
     if not roi.any():
         raise InputError(f"The ROI lies outside the part of the image that {model.name} sees (after its cropping).",
                          "Draw the ROI over the imaged anatomy.")
-    return ModelCase(prepared, roi, _to_model_grid(inputs.reference, case, prepared), _to_model_grid(inputs.ground_truth, case, prepared))
+    return ModelCase(prepared, roi, *(_to_model_grid(m, case, prepared) for m in (inputs.reference, inputs.ground_truth, inputs.labels)))
 
 
 def baseline_values(image: np.ndarray, kind: str) -> np.ndarray:
