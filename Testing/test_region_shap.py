@@ -1,0 +1,140 @@
+"""Region SHAP: exact known answers, cache exactness, estimator convergence, every player kind, bad inputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import save_torchscript
+from test_contrast_shapley import FarSight
+from SegXAILib.cli import main
+from SegXAILib.errors import InputError
+from SegXAILib.estimators import estimate_shapley
+from SegXAILib.evaluator import Evaluator
+from SegXAILib.models import load_models
+from SegXAILib.players import build_players, support_box
+from SegXAILib.request import ExplainRequest, RegionOptions
+from SegXAILib.result import read_result
+from SegXAILib.run import run
+from SegXAILib.volumes import Geometry, read_volume, write_volume
+from SegXAILib.windows import make_grid
+
+SHAPE = (40, 24, 24)
+
+
+@pytest.fixture
+def far_case(tmp_path):
+    """FarSight reads channel 1 within 4 voxels; its evidence block lies just outside the ROI."""
+    geo = Geometry(SHAPE, np.eye(4))
+    evidence = np.zeros(SHAPE, np.float32)
+    evidence[8:12, 10:14, 10:14] = 1.0
+    images = [str(write_volume(im, geo, tmp_path / f"c{c}.nii.gz")) for c, im in enumerate([np.ones(SHAPE, np.float32), evidence])]
+    roi = np.zeros(SHAPE, np.uint8)
+    roi[14:30, 4:20, 4:20] = 1
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[6:14, 8:16, 8:16] = 1      # holds the evidence
+    labels[20:28, 2:6, 2:6] = 2       # in the ROI, but channel 1 is zero there: cannot matter
+    labels[16:24, 16:22, 16:22] = 3   # in the ROI, likewise
+    model = save_torchscript(FarSight(), tmp_path / "far.pt", {"labels": {"bg": 0, "fg": 1}, "window": [16, 16, 16]})
+    return {"images": images, "roi": str(write_volume(roi, geo, tmp_path / "roi.nii.gz")), "model": str(model), "geo": geo,
+            "labels": str(write_volume(labels, geo, tmp_path / "labels.nii.gz")), "dir": tmp_path}
+
+
+def _request(case, out, **region):
+    return ExplainRequest(images=case["images"], models=[case["model"]], out=str(out), targets=["1"], value="tp",
+                          roi_mask=case["roi"], method="region-shap", region=RegionOptions(**region))
+
+
+def test_labels_players_exact_known_answer(far_case):
+    result = read_result(run(_request(far_case, far_case["dir"] / "out", features="labels", labels=far_case["labels"],
+                                      label_names={1: "evidence", 2: "quiet", 3: "still"})))
+    values = {p["name"]: p["value"] for p in result["players"]}
+    assert values["quiet"] == 0.0 and values["still"] == 0.0
+    assert values["evidence"] == pytest.approx(result["v_full"] - result["v_empty"], abs=1e-9)  # evidence outside the ROI, found
+    assert values["evidence"] > 0
+    assert result["estimation"]["exact"] and result["efficiency_gap"] < 1e-9
+    assert result["global_mask"]["players"] == ["evidence"]
+    out = far_case["dir"] / "out"
+    players, geo = read_volume(out / result["maps"]["players"])
+    assert not far_case["geo"].differences(geo)
+    attribution, _ = read_volume(out / result["maps"]["attribution"])
+    evidence_id = next(p["id"] for p in result["players"] if p["name"] == "evidence") + 1
+    assert np.allclose(attribution[players == evidence_id], values["evidence"])
+    mask, _ = read_volume(out / result["maps"]["mask"])
+    assert np.array_equal(mask > 0, players == evidence_id)
+
+
+@pytest.mark.parametrize("features,extra", [("supervoxel", {"n_players": 10}), ("lattice", {"cell_mm": 8.0})])
+def test_generated_players_find_the_evidence(far_case, features, extra):
+    result = read_result(run(_request(far_case, far_case["dir"] / features, features=features, **extra)))
+    top = result["top_k"][0]
+    assert top["value"] > 0.5 * (result["v_full"] - result["v_empty"])
+    players, _ = read_volume(far_case["dir"] / features / result["maps"]["players"])
+    assert players[9, 11, 11] == top["id"] + 1  # the top player holds the evidence
+    stats = result["provenance"]["evaluator"][0]
+    assert stats["cache_saving"] > 0.3
+
+
+def test_memoised_cache_equals_recomputation(far_case):
+    model, = load_models([far_case["model"]])
+    rng = np.random.default_rng(0)
+    image = np.stack([rng.normal(size=SHAPE), rng.normal(size=SHAPE)]).astype(np.float32)
+    roi = read_volume(far_case["roi"])[0] > 0
+    players = build_players("lattice", image, np.ones(3), support_box(make_grid(model.window, SHAPE), roi), cell_mm=6.0)
+    coalitions = rng.random((24, players.n)) < 0.5
+    coalitions = np.concatenate([coalitions, coalitions[:6]])  # repeats: served from the memo
+    args = (model, image, roi, players.ids[None], players.n, np.zeros((1, 1, 1, 1), np.float32), torch.device("cpu"))
+    cached = Evaluator(*args)
+    fresh = Evaluator(*args, memo_bytes=0)
+    grab = lambda z: [z.numpy().copy()]
+    got = [cached.evaluate(c[None], grab)[0][0] for c in coalitions]
+    want = [fresh.evaluate(c[None], grab)[0][0] for c in coalitions]
+    assert max(np.abs(np.asarray(g) - np.asarray(w)).max() for g, w in zip(got, want)) <= 1e-5
+    assert cached.stats.window_evaluations < fresh.stats.window_evaluations
+
+
+def test_estimator_error_shrinks_with_budget(far_case):
+    model, = load_models([far_case["model"]])
+    rng = np.random.default_rng(1)
+    image = np.stack([np.ones(SHAPE), (rng.random(SHAPE) < 0.05)]).astype(np.float32)
+    roi = read_volume(far_case["roi"])[0] > 0
+    ids = np.minimum(np.indices(SHAPE)[0] // 4, 9)  # ten slabs along i
+    ev = Evaluator(model, image, roi, ids[None], 10, np.zeros((1, 1, 1, 1), np.float32), torch.device("cpu"))
+    game = lambda c: ev.evaluate(c, lambda z: [float(torch.sigmoid(z[1]).double().sum())])[:, 0]
+    exact = estimate_shapley(game, 10, None)
+    errors = [np.abs(estimate_shapley(game, 10, b, "kernelshap", seed=3)["values"] - exact["values"]).max() for b in (40, 200, 2 ** 10 - 2)]
+    assert errors[2] < errors[1] < errors[0] and errors[2] < 0.01 * np.abs(exact["values"]).max()
+
+
+def test_player_kinds_respect_organs():
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(2, 30, 30, 20)).astype(np.float32)
+    organs = np.zeros((30, 30, 20), np.int32)
+    organs[5:15, 5:25, 2:18] = 1
+    organs[15:25, 5:25, 2:18] = 2
+    box = (slice(0, 30), slice(0, 30), slice(0, 20))
+    hybrid = build_players("hybrid", image, np.ones(3), box, n_players=12, labels=organs, label_names={1: "liver", 2: "spleen"})
+    for pid in range(hybrid.n):
+        assert len(np.unique(organs[hybrid.ids == pid])) == 1  # no supervoxel crosses an organ boundary
+    assert {hybrid.organ[i] for i in range(hybrid.n)} == {0, 1, 2} and any(n.startswith("liver") for n in hybrid.names)
+    organ = build_players("organ", image, np.ones(3), box, labels=organs, label_names={1: "liver", 2: "spleen"})
+    assert organ.names == ["everything else", "liver", "spleen"]
+    lattice = build_players("lattice", image, np.full(3, 2.0), box, cell_mm=10.0)
+    mean_ml = lattice.volumes().mean() * 8
+    assert 0.4 * 1000 < mean_ml < 1.6 * 1000 or lattice.n > 10  # cells of about (10 mm)³, cut at the borders
+
+
+def test_bad_region_inputs(far_case, capsys):
+    base = ["explain", "--image", far_case["images"][0], "--image", far_case["images"][1], "--model", far_case["model"],
+            "--roi-mask", far_case["roi"], "--target-label", "1", "--value", "tp", "--method", "region-shap", "--progress", "none"]
+    assert main(base + ["--features", "lattice", "--cell-mm", "4", "--budget", "10", "--out", str(far_case["dir"] / "a")]) == 2
+    assert "below the" in capsys.readouterr().err
+    assert main(base + ["--features", "organ", "--out", str(far_case["dir"] / "b")]) == 2
+    assert "--labels" in capsys.readouterr().err
+    small = write_volume(np.ones((5, 5, 5), np.uint8), Geometry((5, 5, 5), np.eye(4)), far_case["dir"] / "small.nii.gz")
+    assert main(base + ["--features", "labels", "--labels", str(small), "--out", str(far_case["dir"] / "c")]) == 2
+    assert "not on the image grid" in capsys.readouterr().err
+    empty = write_volume(np.zeros(SHAPE, np.uint8), far_case["geo"], far_case["dir"] / "empty.nii.gz")
+    assert main(base + ["--features", "labels", "--labels", str(empty), "--out", str(far_case["dir"] / "d")]) == 2
+    assert "No player" in capsys.readouterr().err
