@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import CHANNELS, save_segresnet, timed, tumour_roi
 from monai.inferers import sliding_window_inference
-from monai.networks.nets import SegResNet
 
 from SegXAILib.demo.brain import make_brain_case, write_case
 from SegXAILib.estimators import all_coalitions
@@ -30,32 +29,6 @@ from SegXAILib.models import load_models
 from SegXAILib.request import ExplainRequest
 from SegXAILib.run import run
 from SegXAILib.volumes import Geometry, write_volume
-
-CHANNELS = ["T1", "T1c", "T2", "FLAIR"]
-
-
-def tumour_roi(labels: np.ndarray, margin: int = 5) -> np.ndarray:
-    idx = np.argwhere(labels > 0)
-    lo, hi = np.maximum(idx.min(0) - margin, 0), np.minimum(idx.max(0) + margin + 1, labels.shape)
-    roi = np.zeros(labels.shape, bool)
-    roi[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
-    return roi
-
-
-def save_model(seed: int, path: Path, window: int, overlap: float) -> Path:
-    torch.manual_seed(seed)
-    net = SegResNet(spatial_dims=3, in_channels=4, out_channels=4, init_filters=8).eval()
-    meta = {"channels": CHANNELS, "labels": {"background": 0, "necrosis": 1, "oedema": 2, "enhancing": 3},
-            "window": [window] * 3, "overlap": overlap, "preprocess": "zscore"}
-    torch.jit.save(torch.jit.script(net), str(path), _extra_files={"segxai.json": json.dumps(meta)})
-    return path
-
-
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,7 +46,7 @@ def main() -> None:
     paths = write_case(case, work / "case")
     roi = tumour_roi(case.labels)
     roi_path = write_volume(roi.astype(np.uint8), Geometry(case.labels.shape, case.affine), work / "roi.nii.gz")
-    models = [save_model(s, work / f"fold{s}.pt", args.window, args.overlap) for s in range(args.models)]
+    models = [save_segresnet(s, work / f"fold{s}.pt", args.window, args.overlap) for s in range(args.models)]
     model = load_models([models[0]])[0]
     from SegXAILib.volumes import load_case
 
