@@ -52,7 +52,7 @@ def _slic(image: np.ndarray, n_segments: int, spacing: np.ndarray, mask: np.ndar
     scaled = np.moveaxis(image, 0, -1).astype(np.float64)
     scale = scaled.reshape(-1, scaled.shape[-1]).std(0)
     scaled = scaled / np.where(scale > 0, scale, 1.0)
-    labels = slic(scaled, n_segments=max(1, n_segments), compactness=0.1, spacing=spacing, channel_axis=-1, start_label=1,
+    labels = slic(scaled, n_segments=max(1, n_segments), compactness=1.0, spacing=spacing, channel_axis=-1, start_label=1,
                   mask=mask, enforce_connectivity=True)
     return labels.astype(np.int32) - 1  # -1 where masked out
 
