@@ -117,6 +117,12 @@ class Evaluator:
         self.base_sum = torch.zeros(0)
         self._compute_full()
 
+    def set_baseline(self, baseline: np.ndarray) -> None:
+        """Replaces what removed players take (a new intervention sample); memoised windows no longer apply."""
+        self.baseline = self._pad_broadcast(baseline.astype(np.float32), ((0, 0),) + self.grid.pad, 0.0)
+        self.memo.clear()
+        self.memo_used = 0
+
     # ----- geometry helpers -------------------------------------------------------------------------
     @staticmethod
     def _pad_broadcast(array: np.ndarray, pad, value) -> torch.Tensor:

@@ -44,18 +44,42 @@ def global_mask_players(values: np.ndarray, share: float) -> list[int]:
     return chosen
 
 
+def region_players(inputs: ExplainInputs):
+    """The first model's view of the case and the region players inside its support (shared with causal ATE)."""
+    options = inputs.request.region
+    first = model_case(inputs.models[0], inputs)
+    box = support_box(make_grid(inputs.models[0].window, first.prepared.image.shape[1:]), first.roi)
+    players = build_players(options.features, first.prepared.image, first.prepared.geometry.spacing, box,
+                            n_players=options.n_players, cell_mm=options.cell_mm, labels=first.labels, label_names=options.label_names)
+    return first, players
+
+
+def map_players(ids: np.ndarray, source, dest) -> np.ndarray:
+    """Player ids from the first model's grid onto another model's grid (nearest neighbour)."""
+    if not source.prepared.geometry.differences(dest.prepared.geometry):
+        return ids
+    return resample_to(ids + 1, source.prepared.geometry, dest.prepared.geometry, order=0).astype(np.int32) - 1
+
+
+def region_maps(inputs: ExplainInputs, first, players, values: np.ndarray, chosen: list[int]) -> dict:
+    """attribution (each voxel carries its player's value), players (id + 1), mask (chosen players), roi — on the case grid."""
+    case = inputs.case
+    ids = players.ids
+    attribution = np.where(ids >= 0, values[np.maximum(ids, 0)], 0.0).astype(np.float32)
+    mask = np.isin(ids, chosen).astype(np.uint8)
+    return {"attribution": (first.to_case_volume(attribution, case.geometry, order=0), case.geometry),
+            "players": (first.to_case_volume((ids + 1).astype(np.int32), case.geometry, order=0).astype(np.int32), case.geometry),
+            "mask": (first.to_case_volume(mask, case.geometry, order=0).astype(np.uint8), case.geometry),
+            "roi": (inputs.roi.astype(np.uint8), case.geometry)}
+
+
 def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: CancelToken | None = None) -> list[MethodResult]:
     request, case = inputs.request, inputs.case
     options = request.region
     if len(request.targets) != 1:
         raise InputError("Region SHAP explains one target per run.", "Give one --target-label (run again for another).")
     vf = value_function(request.value)
-    first = model_case(inputs.models[0], inputs)
-    grid = make_grid(inputs.models[0].window, first.prepared.image.shape[1:])
-    box = support_box(grid, first.roi)
-    labels = first.labels
-    players = build_players(options.features, first.prepared.image, first.prepared.geometry.spacing, box,
-                            n_players=options.n_players, cell_mm=options.cell_mm, labels=labels, label_names=options.label_names)
+    first, players = region_players(inputs)
     if request.budget is not None and request.budget < players.n + 2:
         raise InputError(f"A budget of {request.budget} model evaluations is below the {players.n} players (+2) it needs.",
                          f"Raise --budget to at least {players.n + 2}, or use fewer players (--n-players / --cell-mm).")
@@ -63,7 +87,7 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
     per_model, stats = [], []
     for m, model in enumerate(inputs.models):
         mc = first if m == 0 else model_case(model, inputs)
-        ids = players.ids if m == 0 else _map_players(players.ids, first, mc)
+        ids = players.ids if m == 0 else map_players(players.ids, first, mc)
         evaluator = Evaluator(model, mc.prepared.image, mc.roi, ids[None], players.n,
                               baseline_values(mc.prepared.image, request.baseline), inputs.device,
                               batch_size=request.batch_size, progress=progress, cancel=cancel)
@@ -79,12 +103,6 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
         per_model.append(estimate)
         stats.append({"model": model.name, **evaluator.stats.to_json()})
     return [_result(inputs, target, players, first, per_model, stats, budget)]
-
-
-def _map_players(ids: np.ndarray, source, dest) -> np.ndarray:
-    if not source.prepared.geometry.differences(dest.prepared.geometry):
-        return ids
-    return resample_to(ids + 1, source.prepared.geometry, dest.prepared.geometry, order=0).astype(np.int32) - 1
 
 
 def _result(inputs: ExplainInputs, target, players, first, per_model: list[dict], stats: list[dict], budget: int | None) -> MethodResult:
@@ -120,14 +138,7 @@ def _result(inputs: ExplainInputs, target, players, first, per_model: list[dict]
         "baseline": request.baseline, "roi_voxels": int(inputs.roi.sum()),
         "reference_source": "file" if inputs.reference is not None else "model prediction",
     }
-    ids = players.ids
-    attribution = np.where(ids >= 0, mean[np.maximum(ids, 0)], 0.0).astype(np.float32)
-    mask = np.isin(ids, chosen).astype(np.uint8)
-    maps = {"attribution": (first.to_case_volume(attribution, case.geometry, order=0), case.geometry),
-            "players": (first.to_case_volume((ids + 1).astype(np.int32), case.geometry, order=0).astype(np.int32), case.geometry),
-            "mask": (first.to_case_volume(mask, case.geometry, order=0).astype(np.uint8), case.geometry),
-            "roi": (inputs.roi.astype(np.uint8), case.geometry)}
-    return MethodResult(target.name, result, maps, stats)
+    return MethodResult(target.name, result, region_maps(inputs, first, players, mean, chosen), stats)
 
 
 def support_box_of(players) -> tuple[slice, ...]:
