@@ -1,6 +1,5 @@
 """Region SHAP: exact known answers, cache exactness, estimator convergence, every player kind, bad inputs."""
 
-import json
 
 import numpy as np
 import pytest
@@ -9,7 +8,6 @@ import torch
 from conftest import save_torchscript
 from test_contrast_shapley import FarSight
 from SegXAILib.cli import main
-from SegXAILib.errors import InputError
 from SegXAILib.estimators import estimate_shapley
 from SegXAILib.evaluator import Evaluator
 from SegXAILib.models import load_models

@@ -83,7 +83,7 @@ def main() -> None:
         e = Evaluator(model, image, roi, players, n, baseline, device, batch_size=batch)
         vals, secs = timed(lambda: e.evaluate(rest, lambda z: [float(z.double().sum())]))
         out[label] = (vals, secs, e.stats)
-    (v1, s1, st1), (vb, sb, stb) = out["one_at_a_time"], out["batched"]
+    (v1, s1, _), (vb, sb, stb) = out["one_at_a_time"], out["batched"]
     figures["coalitions"] = {"n": len(rest), "one_at_a_time_s": s1, "batched_s": sb, "batch_size": stb.batch_size,
                              "speedup": s1 / sb, "forward_share": stb.forward_s / stb.total_s, "same_values": bool(np.allclose(v1, vb, rtol=1e-5))}
     print(f"2. {len(rest)} coalitions: one window per pass {s1:.1f} s vs batched ({stb.batch_size}) {sb:.1f} s -> {s1 / sb:.2f}x")

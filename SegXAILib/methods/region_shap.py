@@ -74,7 +74,7 @@ def region_maps(inputs: ExplainInputs, first, players, values: np.ndarray, chose
 
 
 def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: CancelToken | None = None) -> list[MethodResult]:
-    request, case = inputs.request, inputs.case
+    request = inputs.request
     options = request.region
     if len(request.targets) != 1:
         raise InputError("Region SHAP explains one target per run.", "Give one --target-label (run again for another).")
@@ -106,7 +106,7 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
 
 
 def _result(inputs: ExplainInputs, target, players, first, per_model: list[dict], stats: list[dict], budget: int | None) -> MethodResult:
-    request, case, options = inputs.request, inputs.case, inputs.request.region
+    request, options = inputs.request, inputs.request.region
     values = np.stack([e["values"] for e in per_model])
     mean = values.mean(0)
     std_error = np.sqrt(np.mean([e["std_error"] ** 2 for e in per_model], axis=0) / len(per_model))
