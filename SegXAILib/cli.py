@@ -18,7 +18,7 @@ from .models import ModelOptions, describe_model
 from .progress import JsonLinesProgress, TerminalProgress, format_event, no_progress
 from .estimators import APPROXIMATORS
 from .players import KINDS
-from .request import ExplainRequest, RegionOptions
+from .request import CausalOptions, ExplainRequest, RegionOptions
 
 EXIT_CODES = {InputError: 2, ModelError: 3, MemoryBudgetError: 4, Cancelled: 130}
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     roi.add_argument("--roi-mask", help="nonzero voxels = ROI, on the grid of the first image")
     roi.add_argument("--roi-box", type=float, nargs=6, metavar=("R1", "A1", "S1", "R2", "A2", "S2"), help="axis-aligned ROI box in RAS mm")
     e.add_argument("--target-label", action="append", required=True, help="label, label set (1,3), name, or BraTS region WT/TC/ET; repeat for several")
-    e.add_argument("--method", default="contrast-shapley", choices=["contrast-shapley", "region-shap"])
+    e.add_argument("--method", default="contrast-shapley", choices=["contrast-shapley", "region-shap", "causal"])
     e.add_argument("--value", default="dice", help="dice, soft-dice, tp, fp, tp-rate, fp-rate, mean-prob")
     e.add_argument("--out", required=True, help="result folder (must not exist yet)")
     e.add_argument("--reference", help="reference segmentation (default: the model's own prediction)")
@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--estimator", default="kernelshap", choices=list(APPROXIMATORS), help="shapiq approximator when not exact")
     r.add_argument("--mask-share", type=float, default=0.8, help="share of positive attribution the global mask holds")
     r.add_argument("--top-k", type=int, default=10)
+    c = e.add_argument_group("causal ATE (regions as for region SHAP)")
+    c.add_argument("--intervention", default="shift", choices=["shift", "baseline"], help="in-distribution (tissue from elsewhere in the case) or the baseline")
+    c.add_argument("--min-samples", type=int, default=3)
+    c.add_argument("--max-samples", type=int, default=30)
+    c.add_argument("--tolerance", type=float, default=0.01, help="stop sampling a region once its 95%% interval half-width is below this")
+    c.add_argument("--components", help="network modules to switch to their mean activation, comma-separated (see describe-model)")
+    c.add_argument("--component-unit", default="channel", choices=["channel", "block"])
     _model_arguments(e)
 
     d = sub.add_parser("describe-model", help="what a model takes and gives (channels, labels, window)")
@@ -101,7 +108,11 @@ def _request(args) -> ExplainRequest:
                           clinician_ranking=args.clinician_ranking, batch_size=args.batch_size, model_options=_model_options(args),
                           region=RegionOptions(features=args.features, labels=args.labels, n_players=args.n_players, cell_mm=args.cell_mm,
                                                label_names={int(k): v for k, v in (args.label_names or {}).items()} or None,
-                                               estimator=args.estimator, mask_share=args.mask_share, top_k=args.top_k))
+                                               estimator=args.estimator, mask_share=args.mask_share, top_k=args.top_k),
+                          causal=CausalOptions(intervention=args.intervention, min_samples=args.min_samples, max_samples=args.max_samples,
+                                               tolerance=args.tolerance, mask_share=args.mask_share,
+                                               components=args.components.split(",") if args.components else None,
+                                               component_unit=args.component_unit))
 
 
 def _cancel_on_signals() -> threading.Event:

@@ -22,6 +22,20 @@ class RegionOptions:
 
 
 @dataclasses.dataclass
+class CausalOptions:
+    """Causal ATE: how regions are intervened on, how long to sample, which network components to switch off."""
+
+    intervention: str = "shift"             # shift (real tissue from elsewhere in the case) | baseline
+    min_samples: int = 3                    # every region gets these
+    max_samples: int = 30                   # regions whose interval stays wide get up to these
+    tolerance: float = 0.01                 # stop a region once its interval half-width is below this (value units)
+    confidence: float = 0.95
+    mask_share: float = 0.8
+    components: list[str] | None = None     # module names (model.named_modules()) to intervene on
+    component_unit: str = "channel"         # channel | block
+
+
+@dataclasses.dataclass
 class ExplainRequest:
     images: list[str]                      # one per model input channel, in order (or one 4D file)
     models: list[str]                      # one per fold / ensemble member (an nnU-Net folder gives all its folds)
@@ -43,6 +57,7 @@ class ExplainRequest:
     batch_size: int | None = None          # windows per forward pass; default: from free memory
     model_options: ModelOptions = dataclasses.field(default_factory=ModelOptions)
     region: RegionOptions = dataclasses.field(default_factory=RegionOptions)
+    causal: CausalOptions = dataclasses.field(default_factory=CausalOptions)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -74,3 +74,21 @@ def nnunet_folder(tmp_path_factory) -> Path:
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("nnunet_results.py")), str(work)],
                           capture_output=True, text=True, check=True)
     return Path(done.stdout.strip().splitlines()[-1])
+
+
+class TwoBranch(torch.nn.Module):
+    """An eager network with a branch whose output is computed and thrown away (its ATE must be 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.used = torch.nn.Conv3d(2, 2, 3, padding=1)
+        self.unused = torch.nn.Conv3d(2, 3, 1)
+
+    def forward(self, x):
+        self.unused(x)
+        return self.used(x)
+
+
+def make_two_branch() -> TwoBranch:
+    """Factory for `--factory conftest:make_two_branch` in the tests."""
+    return TwoBranch()
