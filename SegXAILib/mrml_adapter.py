@@ -222,25 +222,10 @@ def labels_from_node(node, geometry: Geometry, label_values: Mapping[str, int] |
 
 
 def _onto_grid(labels: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
-    """Labels on `source` mapped onto `target` by nearest neighbour; exact when the grids differ by whole voxels
-    (segment labelmaps are cropped to their extent), and without losing the source's edge voxels otherwise."""
+    """Labels on `source` mapped onto `target` by nearest neighbour (exact when the grids differ by whole voxels)."""
     if not target.differences(source):
         return labels
-    to_target = np.linalg.inv(target.affine) @ source.affine
-    shift = np.rint(to_target[:3, 3])
-    if np.allclose(to_target[:3, :3], np.eye(3), atol=1e-6) and np.allclose(to_target[:3, 3], shift, atol=1e-4):
-        out = np.zeros(target.shape, labels.dtype)
-        lo = shift.astype(int)
-        src = tuple(slice(max(0, -lo[d]), min(labels.shape[d], target.shape[d] - lo[d])) for d in range(3))
-        dst = tuple(slice(s.start + lo[d], s.stop + lo[d]) for d, s in enumerate(src))
-        if all(s.stop > s.start for s in src):
-            out[dst] = labels[src]
-        return out
-    # one voxel of background around the source, so that sample points a rounding error past its edge still land inside
-    padded = np.pad(labels, 1)
-    pad_shift = np.eye(4)
-    pad_shift[:3, 3] = -1
-    return resample_to(padded, Geometry(padded.shape, source.affine @ pad_shift), target, order=0).astype(labels.dtype)
+    return resample_to(labels, source, target, order=0)
 
 
 # BraTS label sets, as SegXAILib.targets reads them (that module imports torch, which a Slicer panel must not need)

@@ -145,11 +145,28 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Pat
 
 def resample_to(array: np.ndarray, source: Geometry, target: Geometry, order: int) -> np.ndarray:
     """Resamples a 3D array from `source` onto `target` (order 1 = trilinear for images, 0 = nearest for labels)."""
+    matrix = np.linalg.inv(source.affine) @ target.affine
+    if order == 0:
+        return _nearest(np.asarray(array), matrix, tuple(target.shape))
     from scipy.ndimage import affine_transform
 
-    matrix = np.linalg.inv(source.affine) @ target.affine
-    out = affine_transform(np.asarray(array, dtype=np.float32 if order else array.dtype), matrix[:3, :3], matrix[:3, 3],
-                           output_shape=tuple(target.shape), order=order, mode="constant", cval=0.0)
+    return affine_transform(np.asarray(array, dtype=np.float32), matrix[:3, :3], matrix[:3, 3],
+                            output_shape=tuple(target.shape), order=order, mode="constant", cval=0.0)
+
+
+def _nearest(array: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour lookup, slice by slice; a target voxel takes the source voxel its centre rounds to, so grids
+    that differ by whole voxels map exactly and edge voxels are kept (scipy's order-0 drops some at the border)."""
+    out = np.zeros(shape, array.dtype)
+    ij = np.indices(shape[:2]).reshape(2, -1).astype(float)
+    bounds = np.array(array.shape)[:, None]
+    for k in range(shape[2]):
+        points = matrix[:3, :3] @ np.vstack([ij, np.full(ij.shape[1], float(k))]) + matrix[:3, 3:4]
+        idx = np.rint(points).astype(np.int64)
+        inside = np.all((idx >= 0) & (idx < bounds), axis=0)
+        plane = np.zeros(ij.shape[1], array.dtype)
+        plane[inside] = array[tuple(idx[:, inside])]
+        out[:, :, k] = plane.reshape(shape[:2])
     return out
 
 
