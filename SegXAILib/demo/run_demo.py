@@ -6,6 +6,7 @@ summary on the terminal and two figures.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,15 +14,19 @@ import numpy as np
 
 from ..models import ModelOptions
 from ..progress import CancelToken, ProgressFn, no_progress
-from ..request import ExplainRequest
-from ..result import check_destination, read_result
+from ..request import ExplainRequest, RegionOptions
+from ..errors import InputError
+from ..result import read_result
 from ..run import run
 from ..volumes import Geometry, write_volume
 from .brain import CHANNELS, make_brain_case, write_case
+from .torso import ORGANS, make_torso_case, write_torso_case
 
 DEMO_MODELS = Path(__file__).resolve().parent.parent / "Resources" / "demo_models"
+CT_MODEL = DEMO_MODELS / "ct_liver.ts"
 DEMO_SEED = 20261122   # not among the training seeds recorded in demo_models/training.json
 REGIONS = ("WT", "TC", "ET")
+MARKER = ".segxai-demo"
 
 
 def demo_models() -> list[Path]:
@@ -29,12 +34,24 @@ def demo_models() -> list[Path]:
 
 
 def tumour_box(labels: np.ndarray, margin: int = 4) -> np.ndarray:
-    """The ROI a reader would draw: the tumour's bounding box with a small margin."""
+    """The ROI a reader would draw: the bounding box of the nonzero labels with a small margin."""
     idx = np.argwhere(labels > 0)
     lo, hi = np.maximum(idx.min(0) - margin, 0), np.minimum(idx.max(0) + margin + 1, labels.shape)
     roi = np.zeros(labels.shape, np.uint8)
     roi[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
     return roi
+
+
+def _fresh_folder(out: Path, overwrite: bool) -> Path:
+    """A new demo folder; --overwrite replaces only a folder an earlier demo made (it carries MARKER)."""
+    if out.exists() and any(out.iterdir()):
+        if not (overwrite and (out / MARKER).exists()):
+            raise InputError(f"The demo output folder {out} already exists and is not empty.",
+                             "Pass --out NEW_FOLDER, or --overwrite to replace an earlier demo's folder.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by segxai demo\n")
+    return out
 
 
 def summary(results: list[dict]) -> str:
@@ -54,12 +71,37 @@ def summary(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def region_summary(title: str, result: dict, k: int = 4) -> str:
+    top = ", ".join(f"{p['name']} {p['value']:+.3f}" for p in result["top_k"][:k])
+    est = result["estimation"]
+    how = "exact" if est["exact"] else f"{est['estimator']}, budget {est['budget']}"
+    saving = result["provenance"]["evaluator"][0]["cache_saving"]
+    return (f"{title}: {result['features']['n_players']} {result['features']['kind']} players ({how}), "
+            f"{result['value_function']} {result['v_full']:.2f} with all, {result['v_empty']:.2f} with none\n"
+            f"    top: {top}\n    global mask: {', '.join(result['global_mask']['players'][:6])}"
+            f"{' …' if len(result['global_mask']['players']) > 6 else ''}; cache saved {100 * saving:.0f} % of window evaluations")
+
+
+def region_demos(out: Path, brain_paths: dict, roi_path: Path, fold0: Path, progress, cancel, budget: int) -> list[str]:
+    """Region SHAP on the brain case (supervoxels, fold 0) and on the torso CT (organs, exact)."""
+    brain = ExplainRequest(images=[str(brain_paths[c]) for c in CHANNELS], models=[str(fold0)], out=str(out / "region-shap-brain"),
+                           targets=["WT"], method="region-shap", value="soft-dice", roi_mask=str(roi_path), budget=budget,
+                           model_options=ModelOptions(trust=True), region=RegionOptions(features="supervoxel", n_players=24))
+    torso = make_torso_case(DEMO_SEED)
+    ct_paths = write_torso_case(torso, out / "ct-case")
+    ct_roi = write_volume(tumour_box((torso.labels == 2).astype(np.uint8)), torso.geometry, out / "ct-case" / "roi.nii.gz")
+    ct = ExplainRequest(images=[str(ct_paths["CT"])], models=[str(CT_MODEL)], out=str(out / "region-shap-ct"), targets=["lesion"],
+                        method="region-shap", value="soft-dice", roi_mask=str(ct_roi),
+                        region=RegionOptions(features="organ", labels=str(ct_paths["organs"]), label_names=dict(ORGANS)))
+    return [region_summary("Region SHAP, brain WT (fold 0)", read_result(run(brain, progress, cancel))),
+            region_summary("Region SHAP, torso CT liver lesion (organs)", read_result(run(ct, progress, cancel)))]
+
+
 def run_demo(out: str | Path, overwrite: bool = False, progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
              shape: tuple[int, int, int] = (96, 112, 96), spacing: float = 2.0, models: list[Path] | None = None,
-             stream=None) -> Path:
+             stream=None, regions: bool = True, budget: int = 64) -> Path:
     stream = stream or sys.stdout
-    out = check_destination(out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _fresh_folder(Path(out), overwrite)
     case = make_brain_case(DEMO_SEED, shape=shape, spacing=spacing)
     paths = write_case(case, out / "case")
     geometry = Geometry(case.labels.shape, case.affine)
@@ -67,7 +109,7 @@ def run_demo(out: str | Path, overwrite: bool = False, progress: ProgressFn = no
     roi_path = write_volume(roi, geometry, out / "case" / "roi.nii.gz")
     request = ExplainRequest(images=[str(paths[c]) for c in CHANNELS], models=[str(m) for m in (models or demo_models())],
                              out=str(out / "contrast-shapley"), targets=list(REGIONS), value="dice", roi_mask=str(roi_path),
-                             ground_truth=str(paths["labels"]), overwrite=overwrite, model_options=ModelOptions(trust=True))
+                             ground_truth=str(paths["labels"]), model_options=ModelOptions(trust=True))
     print(f"SegXAI demo: case seed {DEMO_SEED}, {len(request.models)} fold models, exact contrast Shapley for WT, TC, ET",
           file=stream, flush=True)
     folder = run(request, progress, cancel)
@@ -82,6 +124,8 @@ def run_demo(out: str | Path, overwrite: bool = False, progress: ProgressFn = no
     slice_png = case_slice(flair, case.labels, roi.astype(bool), (prediction >= 0.5).astype(np.uint8), out / "case_slice.png",
                            "FLAIR, ROI (cyan), whole tumour")
     text = summary(results)
+    if regions:
+        text += "\n" + "\n".join(region_demos(out, paths, roi_path, Path(request.models[0]), progress, cancel, budget))
     (out / "summary.txt").write_text(text + "\n")
     print(text, file=stream)
     print(f"\nResults: {folder}/<region>/result.json   Figures: {chart}, {slice_png}", file=stream, flush=True)
