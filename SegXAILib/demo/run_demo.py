@@ -91,7 +91,7 @@ def region_demos(out: Path, brain_paths: dict, roi_path: Path, fold0: Path, prog
     ct_paths = write_torso_case(torso, out / "ct-case")
     ct_roi = write_volume(tumour_box((torso.labels == 2).astype(np.uint8)), torso.geometry, out / "ct-case" / "roi.nii.gz")
     ct = ExplainRequest(images=[str(ct_paths["CT"])], models=[str(CT_MODEL)], out=str(out / "region-shap-ct"), targets=["lesion"],
-                        method="region-shap", value="soft-dice", roi_mask=str(ct_roi),
+                        method="region-shap", value="soft-dice", roi_mask=str(ct_roi), budget=budget,
                         region=RegionOptions(features="organ", labels=str(ct_paths["organs"]), label_names=dict(ORGANS)))
     return [region_summary("Region SHAP, brain WT (fold 0)", read_result(run(brain, progress, cancel))),
             region_summary("Region SHAP, torso CT liver lesion (organs)", read_result(run(ct, progress, cancel)))]
@@ -99,7 +99,7 @@ def region_demos(out: Path, brain_paths: dict, roi_path: Path, fold0: Path, prog
 
 def run_demo(out: str | Path, overwrite: bool = False, progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
              shape: tuple[int, int, int] = (96, 112, 96), spacing: float = 2.0, models: list[Path] | None = None,
-             stream=None, regions: bool = True, budget: int = 64) -> Path:
+             stream=None, regions: bool = True, budget: int = 40) -> Path:
     stream = stream or sys.stdout
     out = _fresh_folder(Path(out), overwrite)
     case = make_brain_case(DEMO_SEED, shape=shape, spacing=spacing)
