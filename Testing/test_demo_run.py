@@ -1,0 +1,34 @@
+"""`segxai demo` end to end on a reduced setting: a smaller case, two folds, small region budgets."""
+
+import io
+import json
+
+import pytest
+
+from SegXAILib.demo.run_demo import demo_models, run_demo
+from SegXAILib.errors import InputError
+
+
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    text = io.StringIO()
+    run_demo(out, shape=(64, 72, 64), spacing=3.0, models=demo_models()[:2], stream=text, budget=30)
+    printed = text.getvalue()
+    for region in ("WT", "TC", "ET"):
+        result = json.loads((out / "contrast-shapley" / region / "result.json").read_text())
+        assert sorted(result["ranking"]) == ["FLAIR", "T1", "T1c", "T2"]
+        assert len(result["per_model"]) == 2 and all(m["dice_vs_ground_truth"] is not None for m in result["per_model"])
+        assert f"{region}: {' > '.join(result['ranking'])}" in printed
+    assert "Kendall tau" in printed and "rank variance" in printed and "Region SHAP, torso CT" in printed
+    for name in ("contrast_shapley.png", "case_slice.png", "summary.txt"):
+        assert (out / name).stat().st_size > 0
+    ct = json.loads((out / "region-shap-ct" / "result.json").read_text())
+    assert ct["features"]["kind"] == "organ" and {p["name"] for p in ct["players"]} >= {"liver", "everything else"}
+    with pytest.raises(InputError, match="already exists"):
+        run_demo(out, regions=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    with pytest.raises(InputError):
+        run_demo(mine, overwrite=True, regions=False)
+    assert (mine / "keep.txt").exists()
