@@ -182,6 +182,7 @@ class Evaluator:
         return out
 
     def _compute_full(self) -> None:
+        t_start = time.perf_counter()
         full = np.ones(self.n_players, dtype=bool)
         pairs = [(full, i) for i in range(len(self.windows))]
         k = None
@@ -195,6 +196,7 @@ class Evaluator:
         for i, z in enumerate(self.base_z):
             self.base_sum[:, self.ridx[i]] += self.weight[i] * z.double()
         self.stats.window_evaluations += len(pairs)
+        self.stats.total_s += time.perf_counter() - t_start
 
     def full_logits(self) -> torch.Tensor:
         """Fused logits (K, R) at the ROI voxels with every player present."""
