@@ -1,4 +1,4 @@
-"""`segxai` command line: explain, describe-model, demo.
+"""`segxai` command line: explain, describe-model, evaluate, demo.
 
 Exit codes: 0 done, 2 bad input, 3 model problem, 4 not enough memory, 130 cancelled (Ctrl-C / SIGTERM).
 With `--progress json` the machine-readable `SEGXAI_EVENT` lines go to stderr (started, progress, done, error),
@@ -18,7 +18,7 @@ from .models import ModelOptions, describe_model
 from .progress import JsonLinesProgress, TerminalProgress, format_event, no_progress
 from .estimators import APPROXIMATORS
 from .players import KINDS
-from .request import CausalOptions, ExplainRequest, RegionOptions
+from .request import CausalOptions, ExplainRequest, GradientOptions, RegionOptions
 
 EXIT_CODES = {InputError: 2, ModelError: 3, MemoryBudgetError: 4, Cancelled: 130}
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     roi.add_argument("--roi-mask", help="nonzero voxels = ROI, on the grid of the first image")
     roi.add_argument("--roi-box", type=float, nargs=6, metavar=("R1", "A1", "S1", "R2", "A2", "S2"), help="axis-aligned ROI box in RAS mm")
     e.add_argument("--target-label", action="append", required=True, help="label, label set (1,3), name, or BraTS region WT/TC/ET; repeat for several")
-    e.add_argument("--method", default="contrast-shapley", choices=["contrast-shapley", "region-shap", "causal"])
+    e.add_argument("--method", default="contrast-shapley", choices=["contrast-shapley", "region-shap", "causal", "gradients"])
     e.add_argument("--value", default="dice", help="dice, soft-dice, tp, fp, tp-rate, fp-rate, mean-prob")
     e.add_argument("--out", required=True, help="result folder (must not exist yet)")
     e.add_argument("--reference", help="reference segmentation (default: the model's own prediction)")
@@ -86,12 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerance", type=float, default=0.01, help="stop sampling a region once its 95%% interval half-width is below this")
     c.add_argument("--components", help="network modules to switch to their mean activation, comma-separated (see describe-model)")
     c.add_argument("--component-unit", default="channel", choices=["channel", "block"])
+    g = e.add_argument_group("gradient baselines (occlusion: regions as for region SHAP)")
+    g.add_argument("--gradient", default="integrated-gradients", choices=["saliency", "integrated-gradients", "grad-cam", "occlusion"])
+    g.add_argument("--gradient-output", default="logit", choices=["logit", "prob"], help="the target's logit or probability, summed over the ROI")
+    g.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients path steps")
+    g.add_argument("--gradcam-layer", help="Grad-CAM layer (module name; default the last Conv3d before the head)")
+    g.add_argument("--per-channel-maps", action="store_true", help="also write one attribution map per input channel")
+    e.add_argument("--evaluate", action="store_true", help="run segxai evaluate on the result once it is written")
     _model_arguments(e)
 
     d = sub.add_parser("describe-model", help="what a model takes and gives (channels, labels, window)")
     d.add_argument("model")
     d.add_argument("--json", action="store_true")
     _model_arguments(d)
+
+    v = sub.add_parser("evaluate", help="faithfulness and sanity of a result folder; writes evaluation.json and plots beside it")
+    v.add_argument("result", help="a result folder written by segxai explain")
+    v.add_argument("--steps", type=int, default=20, help="points on the removal curves (voxel maps: rank chunks)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--value", dest="eval_value", help="value function for the curves (default: the result's own)")
+    v.add_argument("--samples", type=int, default=32, help="random subsets for the faithfulness correlation")
+    v.add_argument("--sanity-steps", type=int, default=4, help="depths of the model-randomisation check (0: skip it)")
+    v.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
 
     demo = sub.add_parser("demo", help="generate the demo case and explain the shipped demo models")
     demo.add_argument("--out", default="demo-output")
@@ -112,7 +128,9 @@ def _request(args) -> ExplainRequest:
                           causal=CausalOptions(intervention=args.intervention, min_samples=args.min_samples, max_samples=args.max_samples,
                                                tolerance=args.tolerance, mask_share=args.mask_share,
                                                components=args.components.split(",") if args.components else None,
-                                               component_unit=args.component_unit))
+                                               component_unit=args.component_unit),
+                          gradients=GradientOptions(kind=args.gradient, output=args.gradient_output, n_steps=args.ig_steps,
+                                                    layer=args.gradcam_layer, per_channel=args.per_channel_maps))
 
 
 def _cancel_on_signals() -> threading.Event:
@@ -143,6 +161,22 @@ def _explain(args) -> int:
     if args.progress == "json":
         print(format_event("done", out=str(out)), file=sys.stderr, flush=True)
     print(f"Result written to {out}")
+    if args.evaluate:
+        _run_evaluation(out, args)
+    return 0
+
+
+def _run_evaluation(folder, args) -> None:
+    from .evaluate import evaluate
+
+    for path in evaluate(folder, steps=getattr(args, "steps", 20), seed=args.seed, value=getattr(args, "eval_value", None),
+                         samples=getattr(args, "samples", 32), sanity_steps=getattr(args, "sanity_steps", 4),
+                         progress=_progress(args.progress), cancel=_cancel_on_signals()):
+        print(f"Evaluation written to {path}")
+
+
+def _evaluate(args) -> int:
+    _run_evaluation(args.result, args)
     return 0
 
 
@@ -167,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     json_events = getattr(args, "progress", None) == "json"
     try:
-        return {"explain": _explain, "describe-model": _describe, "demo": _demo}[args.command](args)
+        return {"explain": _explain, "describe-model": _describe, "evaluate": _evaluate, "demo": _demo}[args.command](args)
     except SegXAIError as exc:
         code = next((c for cls, c in EXIT_CODES.items() if isinstance(exc, cls)), 1)
         if json_events:

@@ -36,6 +36,17 @@ class CausalOptions:
 
 
 @dataclasses.dataclass
+class GradientOptions:
+    """Gradient baselines: which one, on which output, and what they write."""
+
+    kind: str = "integrated-gradients"      # saliency | integrated-gradients | grad-cam | occlusion (region players)
+    output: str = "logit"                   # the target's logit or probability (prob), summed over the ROI
+    n_steps: int = 32                       # Integrated Gradients path steps
+    layer: str | None = None                # Grad-CAM layer (module name); default the last Conv3d before the head
+    per_channel: bool = False               # also write one attribution map per input channel
+
+
+@dataclasses.dataclass
 class ExplainRequest:
     images: list[str]                      # one per model input channel, in order (or one 4D file)
     models: list[str]                      # one per fold / ensemble member (an nnU-Net folder gives all its folds)
@@ -58,6 +69,7 @@ class ExplainRequest:
     model_options: ModelOptions = dataclasses.field(default_factory=ModelOptions)
     region: RegionOptions = dataclasses.field(default_factory=RegionOptions)
     causal: CausalOptions = dataclasses.field(default_factory=CausalOptions)
+    gradients: GradientOptions = dataclasses.field(default_factory=GradientOptions)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -16,7 +16,7 @@ import torch
 
 from .errors import InputError
 from .evaluator import pick_device
-from .methods import causal, contrast_shapley, region_shap
+from .methods import causal, contrast_shapley, gradients, region_shap
 from .methods.base import ExplainInputs, MethodResult
 from .models import load_models
 from .progress import CancelToken, ProgressFn, check_cancel, no_progress
@@ -25,7 +25,7 @@ from .result import check_destination, provenance, write_result, write_results
 from .volumes import box_mask, load_case, load_mask
 
 METHODS = {contrast_shapley.NAME: contrast_shapley.explain, region_shap.NAME: region_shap.explain,
-           causal.NAME: causal.explain}
+           causal.NAME: causal.explain, gradients.NAME: gradients.explain}
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,257 @@
+"""How far to trust an attribution: removal curves, ROAD, faithfulness correlation, off-target leakage, and the
+cascading model-randomisation sanity check.
+
+Quantus is the catalogue, but it is built around classifiers on whole images; here the value is the run's value
+function on the ROI (segmentation inside it), every value comes from the ROI-restricted evaluator (a `Game`:
+coalitions of units → values), and units are what the method attributed to: region players, input channels, or
+voxels ranked by a gradient map and cut into equal chunks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy import sparse, stats
+from scipy.sparse.linalg import cg
+
+from .errors import SegXAIError
+
+Game = Callable[[np.ndarray], np.ndarray]   # bool (n, P) coalitions (True = present) → (n,) values
+SANITY_THRESHOLD = 0.5                       # the rank correlation must fall below this once every layer is random
+
+
+@dataclasses.dataclass
+class Units:
+    """What the curves remove. `ids` is broadcastable to the image: (1, I, J, K) for regions and voxel chunks,
+    (C, 1, 1, 1) for channels; -1 = never removed. `order` is most-relevant-first; `sizes` give the fraction axis."""
+
+    ids: np.ndarray
+    scores: np.ndarray    # attribution of each unit (its sum)
+    sizes: np.ndarray     # voxels per unit
+    order: np.ndarray
+    kind: str             # players | channels | voxels
+
+    @property
+    def n(self) -> int:
+        return len(self.scores)
+
+
+def ranked_units(ids: np.ndarray, scores: np.ndarray, kind: str) -> Units:
+    """Players or channels, most relevant (largest value) first."""
+    sizes = np.bincount(ids[ids >= 0].ravel(), minlength=len(scores)).astype(float) if kind == "players" else np.ones(len(scores))
+    return Units(ids, np.asarray(scores, float), sizes, np.argsort(-np.asarray(scores), kind="stable"), kind)
+
+
+def voxel_units(attribution: np.ndarray, support: tuple[slice, ...], chunks: int, rng: np.random.Generator,
+                random_order: bool = False) -> Units:
+    """The support's voxels cut into `chunks` equal groups: by attribution rank (ties broken at random), or at random
+    (for the faithfulness correlation, whose subsets must be random)."""
+    box = attribution[support].ravel().astype(np.float64)
+    n = box.size
+    order = rng.permutation(n) if random_order else np.lexsort((rng.random(n), -box))
+    chunk = np.empty(n, np.int64)
+    chunk[order] = np.arange(n) * chunks // n
+    ids = np.full(attribution.shape, -1, np.int64)
+    ids[support] = chunk.reshape(attribution[support].shape)
+    sizes = np.bincount(chunk, minlength=chunks).astype(float)
+    return Units(ids[None], np.bincount(chunk, weights=box, minlength=chunks), sizes, np.arange(chunks), "voxels")
+
+
+def curve_points(n: int, steps: int) -> np.ndarray:
+    """How many units are removed at each point of a curve: at most `steps` + 1 points from 0 to n."""
+    return np.unique(np.round(np.linspace(0, n, min(n, steps) + 1)).astype(int))
+
+
+def _present(n: int, removed: np.ndarray) -> np.ndarray:
+    keep = np.ones(n, bool)
+    keep[removed] = False
+    return keep
+
+
+def removal_coalitions(units: Units, steps: int) -> dict[str, np.ndarray]:
+    """Deletion (remove the first k) and insertion (keep only the first k), most- and least-relevant-first."""
+    ks, n = curve_points(units.n, steps), units.n
+    out = {}
+    for name, order in (("morf", units.order), ("lerf", units.order[::-1])):
+        out[f"deletion_{name}"] = np.stack([_present(n, order[:k]) for k in ks])
+        out[f"insertion_{name}"] = np.stack([~_present(n, order[:k]) for k in ks])
+    return out
+
+
+def fractions(units: Units, order: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """Share of the units' voxels among the first k of `order`, at each k."""
+    cumulative = np.concatenate([[0.0], np.cumsum(units.sizes[order])])
+    return cumulative[ks] / max(cumulative[-1], 1e-12)
+
+
+def summarise(x: np.ndarray, values: np.ndarray, v_full: float, v_empty: float) -> dict:
+    """A curve with its values normalised to (v − v_empty) / |v_full − v_empty| — 1 with everything present, 0 with
+    nothing — and its area over the fraction removed (or inserted). Normalising by the span rather than by v_full
+    keeps signed scalars (summed logits) on Dice's scale; dividing by its magnitude keeps the direction, so a lower
+    deletion curve is always a faster fall (a summed logit may lie below its baseline value: then the curve starts at −1)."""
+    span = abs(v_full - v_empty)
+    normalised = (values - v_empty) / span if span > 1e-12 else None
+    return {"fraction": x.tolist(), "value": values.tolist(),
+            "normalised": None if normalised is None else normalised.tolist(),
+            "auc": None if normalised is None else float(np.sum(np.diff(x) * (normalised[1:] + normalised[:-1]) / 2))}
+
+
+def removal_curves(game: Game, units: Units, steps: int) -> dict:
+    """Deletion and insertion curves (MoRF and LeRF), their normalised areas and AOPC, from one batched evaluation."""
+    sets = removal_coalitions(units, steps)
+    ks = curve_points(units.n, steps)
+    rows = np.concatenate(list(sets.values()))
+    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+    values = game(unique)[inverse.ravel()]
+    v_full, v_empty = values[0], values[len(ks)]   # deletion_morf and insertion_morf, nothing done yet
+    out, start = {}, 0
+    for key, coalitions in sets.items():
+        order = units.order if key.endswith("morf") else units.order[::-1]
+        out[key] = summarise(fractions(units, order, ks), values[start:start + len(coalitions)], v_full, v_empty)
+        start += len(coalitions)
+    for name in ("morf", "lerf"):
+        curve = out[f"deletion_{name}"]["normalised"]
+        out[f"aopc_{name}"] = None if curve is None else float(np.mean(curve[0] - np.asarray(curve)))
+    out.update(v_full=float(v_full), v_empty=float(v_empty), points=ks.tolist())
+    return out
+
+
+def noisy_linear_impute(image: np.ndarray, removed: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """ROAD's noisy linear imputation in 3D: each removed voxel becomes the mean of its six neighbours (removed or not,
+    solved jointly: a discrete Laplace equation with the kept voxels as boundary), plus Gaussian noise of `noise` ×
+    the channel's standard deviation. The filled region then carries no edge that gives its shape away."""
+    coords = np.argwhere(removed)
+    n = len(coords)
+    if n == 0:
+        return image
+    number = np.full(removed.shape, -1, np.int64)
+    number[removed] = np.arange(n)
+    rows, cols, vals = [np.arange(n)], [np.arange(n)], [np.full(n, 1e-6)]
+    rhs = np.zeros((image.shape[0], n))
+    for axis in range(3):
+        for step in (-1, 1):
+            nb = coords.copy()
+            nb[:, axis] += step
+            inside = (nb[:, axis] >= 0) & (nb[:, axis] < removed.shape[axis])
+            u, nb = np.flatnonzero(inside), nb[inside]
+            other = number[tuple(nb.T)]
+            hole = other >= 0
+            rows += [u, u[hole]]
+            cols += [u, other[hole]]
+            vals += [np.ones(len(u)), -np.ones(int(hole.sum()))]
+            rhs[:, u[~hole]] += image[(slice(None),) + tuple(nb[~hole].T)]
+    a = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    jacobi = sparse.diags(1.0 / a.diagonal())
+    out = image.copy()
+    for c in range(image.shape[0]):
+        filled, _ = cg(a, rhs[c], x0=np.full(n, float(image[c].mean())), rtol=1e-5, maxiter=2000, M=jacobi)
+        out[c][removed] = filled + noise * float(image[c].std()) * rng.standard_normal(n)
+    return out
+
+
+def road_curves(evaluator, value: Callable, image: np.ndarray, baseline: np.ndarray, units: Units, steps: int,
+                noise: float, rng: np.random.Generator) -> dict:
+    """MoRF and LeRF deletion with removed voxels imputed (ROAD), normalised between its own ends (nothing / all
+    removed); every point needs its own imputation, so the evaluator's baseline is replaced per point and restored."""
+    ks, n = curve_points(units.n, steps), units.n
+    raw = {}
+    try:
+        for name, order in (("morf", units.order), ("lerf", units.order[::-1])):
+            values = []
+            for k in ks:
+                removed = np.isin(units.ids[0], order[:k])
+                evaluator.set_baseline(noisy_linear_impute(image, removed, noise, rng))
+                values.append(evaluator.evaluate(_present(n, order[:k])[None], lambda z: [value(z)], stage=f"ROAD {name}")[0, 0])
+            raw[name] = np.array(values)
+    finally:
+        evaluator.set_baseline(baseline)
+    full, empty = raw["morf"][0], raw["morf"][-1]
+    out = {name: summarise(fractions(units, order, ks), raw[name], full, empty)
+           for name, order in (("morf", units.order), ("lerf", units.order[::-1]))}
+    return {**out, "imputation": "noisy-linear", "noise": noise}
+
+
+def faithfulness_correlation(game: Game, units: Units, samples: int, share: float, rng: np.random.Generator) -> dict:
+    """Pearson correlation between the attribution summed over a random subset of units and the drop of the value
+    when that subset is removed (Bhatt et al. 2020); every proper subset when there are few units."""
+    n = units.n
+    if 2 ** n - 2 <= samples:
+        subsets = np.array([[(s >> i) & 1 for i in range(n)] for s in range(1, 2 ** n - 1)], bool)
+    else:
+        size = max(1, int(round(share * n)))
+        subsets = np.zeros((samples, n), bool)
+        for row in subsets:
+            row[rng.choice(n, size, replace=False)] = True
+    values = game(np.concatenate([np.ones((1, n), bool), ~subsets]))
+    drops, sums = values[0] - values[1:], subsets @ units.scores
+    constant = np.ptp(drops) == 0 or np.ptp(sums) == 0
+    return {"pearson": None if constant else float(stats.pearsonr(sums, drops).statistic), "n_subsets": len(subsets),
+            "subset_size": int(subsets.sum(1).max()), "attribution_sum": sums.tolist(), "value_drop": drops.tolist()}
+
+
+def leakage(attribution: np.ndarray, support: tuple[slice, ...]) -> float:
+    """Share of |attribution| outside the receptive-field support box (input there cannot reach the ROI)."""
+    outside = np.ones(attribution.shape, bool)
+    outside[support] = False
+    total = float(np.abs(attribution).sum())
+    return float(np.abs(attribution[outside]).sum()) / total if total > 0 else 0.0
+
+
+def parameterised_layers(module: torch.nn.Module) -> list[str]:
+    """Modules holding parameters of their own, in registration order (TorchScript modules included)."""
+    return [name for name, m in module.named_modules() if next(iter(m.parameters(recurse=False)), None) is not None]
+
+
+def randomise_layer(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default initialisation range: weights and biases ~ U(±1/√fan_in); norm scales and shifts U(±1)."""
+    params = dict(module.named_parameters(recurse=False))
+    weight = params.get("weight")
+    fan_in = weight[0].numel() if weight is not None and weight.ndim > 1 else 1
+    bound = fan_in ** -0.5
+    with torch.no_grad():
+        for p in params.values():
+            p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=generator))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Rank correlation over the entries where either is nonzero: entries both leave at exactly zero (input the ROI
+    cannot see) are structural ties that would inflate it for every map."""
+    keep = (a != 0) | (b != 0)
+    a, b = a[keep], b[keep]
+    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def cascading_randomisation(models: list, explain: Callable[[list], np.ndarray], reference: np.ndarray, steps: int,
+                            seed: int = 0) -> dict:
+    """Adebayo et al. (2018): on deep copies, re-initialise parameterised layers from the output end, cumulatively,
+    and re-explain at up to `steps` depths. An explanation that depends on the model must lose its rank correlation
+    with the original; one that does not (an edge detector, the input image) keeps it — the check flags it."""
+    with torch.no_grad():   # a TorchScript module deep-copied with autograd on gets non-leaf parameters
+        copies = [copy.deepcopy(m) for m in models]
+    layers = [parameterised_layers(c.module)[::-1] for c in copies]
+    depth = max(len(names) for names in layers)
+    if depth == 0:
+        return {"curve": [], "n_layers": 0, "passed": None, "note": "the model has no parameterised layer to randomise"}
+    generator = torch.Generator().manual_seed(seed)
+    curve, done = [], 0
+    for k in np.unique(np.round(np.linspace(1, depth, min(depth, steps))).astype(int)):
+        for c, names in zip(copies, layers):
+            named = dict(c.module.named_modules())
+            for name in names[done:k]:
+                randomise_layer(named[name], generator)
+        done = int(k)
+        row = {"layers_randomised": done, "layer": layers[0][min(done, len(layers[0])) - 1]}
+        try:
+            row["spearman"] = spearman(reference, explain(copies))
+        except SegXAIError as exc:  # e.g. a random model that predicts no target in the ROI leaves nothing to explain
+            row.update(spearman=None, note=exc.problem)
+        curve.append(row)
+    final = curve[-1]["spearman"]
+    return {"curve": curve, "n_layers": depth, "final_spearman": final, "threshold": SANITY_THRESHOLD,
+            "passed": None if final is None else bool(abs(final) < SANITY_THRESHOLD)}

@@ -1,0 +1,138 @@
+"""Faithfulness and sanity: removal curves on a model whose ordering is known, ROAD imputation, correlation, leakage,
+the cascading randomisation check (a degenerate explainer is flagged), and `segxai evaluate` end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from test_gradients import _module_model, linear_case, small_net  # noqa: F401  (fixture)
+from test_region_shap import far_case  # noqa: F401  (fixture)
+from SegXAILib import faithfulness as fm
+from SegXAILib.cli import main
+from SegXAILib.evaluator import Evaluator
+from SegXAILib.methods.gradients import VALUES, attribute
+from SegXAILib.models import LoadedModel
+from SegXAILib.models.base import identity_prepare
+from SegXAILib.targets import Target
+from SegXAILib.windows import WindowSpec
+
+TARGET = Target("fg", (1,), "softmax", (1,))
+
+
+class Passthrough(torch.nn.Module):
+    """Foreground logit = channel 0, background 0: the ROI logit sum is the sum of the input."""
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x[:, :1]), x[:, :1]], 1)
+
+
+@pytest.fixture
+def slab_game():
+    """Four slabs along i holding 1, 2, 3, 4 per voxel: removing a slab lowers the value by exactly its sum."""
+    image = np.repeat(np.arange(1, 5, dtype=np.float32), 3).reshape(1, 12, 1, 1) * np.ones((1, 12, 6, 5), np.float32)
+    ids = (np.indices(image.shape[1:])[0] // 3)[None]
+    net = Passthrough()
+    model = LoadedModel("pass", "module", "", "", net, net, 1, None, {"bg": 0, "fg": 1}, "softmax", WindowSpec(), identity_prepare())
+    ev = Evaluator(model, image, np.ones(image.shape[1:], bool), ids, 4, np.zeros((1, 1, 1, 1), np.float32), torch.device("cpu"))
+    value = lambda z: VALUES["roi-logit-sum"](z, TARGET, None)
+    return {"game": lambda c: ev.evaluate(c, lambda z: [value(z)])[:, 0], "ids": ids, "contributions": np.arange(1, 5) * 90.0,
+            "evaluator": ev, "value": value, "image": image}
+
+
+def test_deletion_curves_follow_the_known_ordering(slab_game):
+    units = fm.ranked_units(slab_game["ids"], slab_game["contributions"], "players")
+    curves = fm.removal_curves(slab_game["game"], units, steps=10)
+    total = slab_game["contributions"].sum()
+    assert curves["v_full"] == pytest.approx(total) and curves["v_empty"] == 0.0
+    expected = 1 - np.concatenate([[0], np.cumsum([360, 270, 180, 90])]) / total
+    assert np.allclose(curves["deletion_morf"]["normalised"], expected, atol=1e-6)
+    assert np.allclose(curves["deletion_morf"]["fraction"], [0, 0.25, 0.5, 0.75, 1])
+    assert curves["deletion_morf"]["auc"] < curves["deletion_lerf"]["auc"]
+    assert curves["insertion_morf"]["auc"] > curves["insertion_lerf"]["auc"]
+    assert curves["aopc_morf"] > curves["aopc_lerf"]
+    wrong = fm.removal_curves(slab_game["game"], fm.ranked_units(slab_game["ids"], -slab_game["contributions"], "players"), steps=10)
+    assert wrong["deletion_morf"]["auc"] == pytest.approx(curves["deletion_lerf"]["auc"])   # a reversed map ranks worst
+    corr = fm.faithfulness_correlation(slab_game["game"], units, samples=32, share=0.25, rng=np.random.default_rng(0))
+    assert corr["n_subsets"] == 14 and corr["pearson"] == pytest.approx(1.0)   # drop = attribution sum, exactly
+
+
+def test_road_imputation_continues_the_surroundings(slab_game):
+    i, j, k = np.indices((14, 12, 10)).astype(np.float32)
+    ramp = np.stack([2 * i - j + 0.5 * k, np.full(i.shape, 3.0, np.float32)])
+    removed = np.zeros(i.shape, bool)
+    removed[4:10, 3:9, 2:7] = True
+    filled = fm.noisy_linear_impute(ramp, removed, 0.0, np.random.default_rng(0))
+    assert np.abs(filled - ramp).max() < 1e-3   # a linear field is harmonic: no edge marks the removed block
+    noisy = fm.noisy_linear_impute(ramp, removed, 0.1, np.random.default_rng(0))
+    assert np.array_equal(noisy[:, ~removed], ramp[:, ~removed]) and 0 < np.abs(noisy - ramp)[:, removed].std()
+    units = fm.ranked_units(slab_game["ids"], slab_game["contributions"], "players")
+    road = fm.road_curves(slab_game["evaluator"], slab_game["value"], slab_game["image"], np.zeros((1, 1, 1, 1), np.float32),
+                          units, 10, 0.0, np.random.default_rng(0))
+    assert road["morf"]["normalised"][0] == 1.0 and road["morf"]["normalised"][-1] == pytest.approx(0.0)
+    assert road["morf"]["auc"] < road["lerf"]["auc"]
+
+
+def test_leakage_counts_attribution_outside_the_support():
+    attribution = np.zeros((10, 10, 10))
+    box = (slice(2, 6), slice(0, 10), slice(3, 9))
+    attribution[3:5, 4:6, 4:8] = 1.0
+    assert fm.leakage(attribution, box) == 0.0
+    attribution[8, 8, 8] = -1.0
+    assert fm.leakage(attribution, box) == pytest.approx(1 / 17)
+
+
+def test_model_randomisation_lowers_correlation_and_flags_a_degenerate_explainer():
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(2, 16, 12, 10)).astype(np.float32)
+    roi = np.zeros(image.shape[1:], bool)
+    roi[4:12, 3:8, 5:9] = True
+
+    def integrated_gradients(models):
+        m = models[0]
+        ev = Evaluator(m, image, roi, np.arange(2).reshape(2, 1, 1, 1), 2, np.zeros((2, 1, 1, 1), np.float32), torch.device("cpu"))
+        return attribute("integrated-gradients", m, ev, image, TARGET, "logit", np.zeros((2, 1, 1, 1), np.float32), n_steps=8)[0].ravel()
+
+    model = _module_model(small_net())
+    before = model.module[0].weight.detach().clone()
+    real = fm.cascading_randomisation([model], integrated_gradients, integrated_gradients([model]), steps=3)
+    rho = [row["spearman"] for row in real["curve"]]
+    assert real["n_layers"] == 3 and rho[-1] < fm.SANITY_THRESHOLD and rho[-1] < rho[0] and real["passed"] is True
+    assert torch.equal(model.module[0].weight, before)   # randomised copies only
+    degenerate = fm.cascading_randomisation([model], lambda models: image.ravel(), image.ravel(), steps=3)
+    assert [row["spearman"] for row in degenerate["curve"]] == [1.0, 1.0, 1.0] and degenerate["passed"] is False
+
+
+def _explain_args(case, out, *extra):
+    return ["explain", "--image", case["images"][0], "--image", case["images"][1], "--model", case["model"], "--roi-mask", case["roi"],
+            "--target-label", "1", "--value", "tp", "--progress", "none", "--out", str(out), *extra]
+
+
+def test_evaluate_region_shap_result_end_to_end(far_case):  # noqa: F811
+    out = far_case["dir"] / "shap"
+    assert main(_explain_args(far_case, out, "--method", "region-shap", "--features", "labels", "--labels", far_case["labels"],
+                              "--label-names", '{"1": "evidence", "2": "quiet", "3": "still"}')) == 0
+    result_bytes = (out / "result.json").read_bytes()
+    assert main(["evaluate", str(out), "--steps", "5", "--progress", "none"]) == 0
+    assert (out / "result.json").read_bytes() == result_bytes   # the result itself is never touched
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["units"] == "players" and ev["n_units"] == 3 and ev["value_function"] == "tp"
+    assert ev["leakage"] == 0.0   # region SHAP players live inside the support by construction
+    assert ev["deletion_morf"]["auc"] < ev["deletion_lerf"]["auc"] and ev["deletion_morf"]["normalised"][1] == 0.0
+    assert ev["road"]["morf"]["auc"] <= ev["road"]["lerf"]["auc"]
+    assert ev["correlation"]["pearson"] == pytest.approx(1.0)   # only the evidence matters, and it holds all the value
+    assert ev["sanity"]["passed"] is None   # FarSight has no parameters to randomise
+    assert all((out / name).stat().st_size > 0 for name in ev["figures"].values())
+
+
+def test_explain_evaluate_on_a_gradient_map(linear_case):  # noqa: F811
+    out = linear_case["dir"] / "ig"
+    assert main(["explain", *[a for im in linear_case["images"] for a in ("--image", im)], "--model", linear_case["model"],
+                 "--roi-mask", linear_case["roi_path"], "--target-label", "1", "--progress", "none", "--out", str(out),
+                 "--method", "gradients", "--gradient", "integrated-gradients", "--ig-steps", "4", "--evaluate"]) == 0
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["units"] == "voxels" and ev["value_function"] == "roi-logit-sum" and ev["leakage"] == 0.0
+    assert ev["deletion_morf"]["auc"] < ev["deletion_lerf"]["auc"] and ev["insertion_morf"]["auc"] > ev["insertion_lerf"]["auc"]
+    assert ev["correlation"]["pearson"] == pytest.approx(1.0)   # linear model: the drop is the IG sum of the removed voxels
+    assert ev["sanity"]["curve"][-1]["layers_randomised"] == 1 and set(ev["figures"]) == {"curves", "correlation", "sanity"}
