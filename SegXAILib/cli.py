@@ -18,7 +18,7 @@ from .models import ModelOptions, describe_model
 from .progress import JsonLinesProgress, TerminalProgress, format_event, no_progress
 from .estimators import APPROXIMATORS
 from .players import KINDS
-from .request import CausalOptions, ExplainRequest, GradientOptions, RegionOptions
+from .request import CausalOptions, ExplainRequest, GradientOptions, RegionOptions, TracInOptions
 
 EXIT_CODES = {InputError: 2, ModelError: 3, MemoryBudgetError: 4, Cancelled: 130}
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     roi.add_argument("--roi-mask", help="nonzero voxels = ROI, on the grid of the first image")
     roi.add_argument("--roi-box", type=float, nargs=6, metavar=("R1", "A1", "S1", "R2", "A2", "S2"), help="axis-aligned ROI box in RAS mm")
     e.add_argument("--target-label", action="append", required=True, help="label, label set (1,3), name, or BraTS region WT/TC/ET; repeat for several")
-    e.add_argument("--method", default="contrast-shapley", choices=["contrast-shapley", "region-shap", "causal", "gradients"])
+    e.add_argument("--method", default="contrast-shapley", choices=["contrast-shapley", "region-shap", "causal", "gradients", "tracin"])
     e.add_argument("--value", default="dice", help="dice, soft-dice, tp, fp, tp-rate, fp-rate, mean-prob")
     e.add_argument("--out", required=True, help="result folder (must not exist yet)")
     e.add_argument("--reference", help="reference segmentation (default: the model's own prediction)")
@@ -92,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients path steps")
     g.add_argument("--gradcam-layer", help="Grad-CAM layer (module name; default the last Conv3d before the head)")
     g.add_argument("--per-channel-maps", action="store_true", help="also write one attribution map per input channel")
+    t = e.add_argument_group("TracIn (training-data influence)")
+    t.add_argument("--training-dir", help="training cases: DIR/cases.json or one subfolder per case (images named by channel, labels.nii.gz); "
+                   "default: the demo bundle's regenerated training cases")
+    t.add_argument("--tracin-checkpoint", action="append", metavar="PATH:LR",
+                   help="a state dict saved during training and its learning rate; repeat per checkpoint (default: checkpoints/checkpoints.json in the model folder)")
+    t.add_argument("--tracin-layers", help="modules whose parameters are differentiated, comma-separated (default: the last convolution)")
+    t.add_argument("--projection-dim", type=int, help="random projection dimension (default: exact up to 16384 parameters, else 2048; 0: exact)")
+    t.add_argument("--train-region", default="crop", choices=["crop", "full"], help="training loss on one window-sized crop centred on the target, or the whole case")
+    t.add_argument("--train-patches", type=int, default=0, metavar="G", help="also score a G×G×G grid of patches within each training case")
+    t.add_argument("--max-train-cases", type=int, help="score only the first N training cases")
+    t.add_argument("--influence-score", default="raw", choices=["raw", "cosine"],
+                   help="rank by TracIn's raw gradient inner product or by the gradient cosine (both are reported)")
+    t.add_argument("--influence-top-k", type=int, default=5, help="proponents and opponents listed")
     e.add_argument("--evaluate", action="store_true", help="run segxai evaluate on the result once it is written")
     _model_arguments(e)
 
@@ -130,7 +143,12 @@ def _request(args) -> ExplainRequest:
                                                components=args.components.split(",") if args.components else None,
                                                component_unit=args.component_unit),
                           gradients=GradientOptions(kind=args.gradient, output=args.gradient_output, n_steps=args.ig_steps,
-                                                    layer=args.gradcam_layer, per_channel=args.per_channel_maps))
+                                                    layer=args.gradcam_layer, per_channel=args.per_channel_maps),
+                          tracin=TracInOptions(training_dir=args.training_dir, checkpoints=args.tracin_checkpoint or [],
+                                               layers=args.tracin_layers.split(",") if args.tracin_layers else None,
+                                               projection_dim=args.projection_dim, train_region=args.train_region,
+                                               patches=args.train_patches, max_cases=args.max_train_cases,
+                                               score=args.influence_score, top_k=args.influence_top_k))
 
 
 def _cancel_on_signals() -> threading.Event:

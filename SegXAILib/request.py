@@ -47,6 +47,21 @@ class GradientOptions:
 
 
 @dataclasses.dataclass
+class TracInOptions:
+    """TracIn: the training cases, the checkpoints with their learning rates, which parameters, how to score."""
+
+    training_dir: str | None = None         # cases.json or one subfolder per case; default: the demo bundle's regenerated cases
+    checkpoints: list[str] = dataclasses.field(default_factory=list)  # "PATH:LR" each; none: the model folder's checkpoints/checkpoints.json
+    layers: list[str] | None = None         # modules whose parameters are differentiated; default: the last convolution
+    projection_dim: int | None = None       # random projection dimension; None: exact up to 16384 parameters, 0: always exact
+    train_region: str = "crop"              # crop (one window centred on the training case's target) | full (whole case)
+    patches: int = 0                        # > 0: also score a patches³ grid of patches within each training case
+    max_cases: int | None = None            # score only the first N training cases
+    score: str = "raw"                      # raw (TracIn) | cosine (gradient cosine per checkpoint; both are always reported)
+    top_k: int = 5                          # proponents and opponents listed
+
+
+@dataclasses.dataclass
 class ExplainRequest:
     images: list[str]                      # one per model input channel, in order (or one 4D file)
     models: list[str]                      # one per fold / ensemble member (an nnU-Net folder gives all its folds)
@@ -70,6 +85,7 @@ class ExplainRequest:
     region: RegionOptions = dataclasses.field(default_factory=RegionOptions)
     causal: CausalOptions = dataclasses.field(default_factory=CausalOptions)
     gradients: GradientOptions = dataclasses.field(default_factory=GradientOptions)
+    tracin: TracInOptions = dataclasses.field(default_factory=TracInOptions)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -81,8 +81,13 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
-def _write_into(folder: Path, result: Mapping[str, Any], maps: Mapping[str, tuple[np.ndarray, Geometry]]) -> None:
+def _write_into(folder: Path, result: Mapping[str, Any], maps: Mapping[str, tuple[np.ndarray, Geometry]],
+                files: Mapping[str, bytes] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    for name, data in dict(files or {}).items():  # other files beside result.json (e.g. PNG thumbnails): plain names only
+        if Path(name).name != name or name in (RESULT_FILE, INDEX_FILE):
+            raise ValueError(f"not a plain file name for a result folder: {name!r}")
+        (folder / name).write_bytes(data)
     names = {key: write_volume(array, geometry, folder / f"{key}.nii.gz").name for key, (array, geometry) in dict(maps).items()}
     doc = {"schema": SCHEMA, **result, "maps": {**result.get("maps", {}), **names}}
     (folder / RESULT_FILE).write_text(json.dumps(doc, indent=2, default=_json_default))
@@ -105,16 +110,17 @@ def _atomic(out_dir: str | Path, overwrite: bool, fill) -> Path:
 
 
 def write_result(out_dir: str | Path, result: Mapping[str, Any], maps: Mapping[str, tuple[np.ndarray, Geometry]] = (),
-                 overwrite: bool = False) -> Path:
-    """Writes result.json and its volumes (`maps`: key -> (array, geometry), saved as KEY.nii.gz) atomically."""
-    return _atomic(out_dir, overwrite, lambda tmp: _write_into(tmp, result, maps))
+                 overwrite: bool = False, files: Mapping[str, bytes] | None = None) -> Path:
+    """Writes result.json and its volumes (`maps`: key -> (array, geometry), saved as KEY.nii.gz) atomically, plus
+    `files` (name -> bytes) beside them."""
+    return _atomic(out_dir, overwrite, lambda tmp: _write_into(tmp, result, maps, files))
 
 
 def write_results(out_dir: str | Path, results: Mapping[str, tuple[Mapping[str, Any], Mapping]], overwrite: bool = False) -> Path:
     """Several targets of one run: OUT/<target>/result.json each, and OUT/index.json listing them, atomically."""
     def fill(tmp: Path) -> None:
-        for name, (result, maps) in results.items():
-            _write_into(tmp / name, result, maps)
+        for name, (result, maps, *files) in results.items():   # (result, maps) or (result, maps, files)
+            _write_into(tmp / name, result, maps, *files)
         (tmp / INDEX_FILE).write_text(json.dumps({"schema": SCHEMA, "results": list(results)}, indent=2))
 
     return _atomic(out_dir, overwrite, fill)

@@ -16,7 +16,7 @@ import torch
 
 from .errors import InputError
 from .evaluator import pick_device
-from .methods import causal, contrast_shapley, gradients, region_shap
+from .methods import causal, contrast_shapley, gradients, region_shap, tracin
 from .methods.base import ExplainInputs, MethodResult
 from .models import load_models
 from .progress import CancelToken, ProgressFn, check_cancel, no_progress
@@ -25,7 +25,8 @@ from .result import check_destination, provenance, write_result, write_results
 from .volumes import box_mask, load_case, load_mask
 
 METHODS = {contrast_shapley.NAME: contrast_shapley.explain, region_shap.NAME: region_shap.explain,
-           causal.NAME: causal.explain, gradients.NAME: gradients.explain}
+           causal.NAME: causal.explain, gradients.NAME: gradients.explain,
+           tracin.NAME: tracin.explain}
 
 
 def seed_everything(seed: int) -> None:
@@ -80,8 +81,9 @@ def run(request: ExplainRequest, progress: ProgressFn = no_progress, cancel: Can
         models=[{"name": m.name, "format": m.format, "source": m.source, "sha256": m.sha256, "window": m.window.to_json(),
                  "preprocessing": m.preprocessing} for m in inputs.models],
         images=list(request.images), geometry=inputs.case.geometry.to_json(), channel_names=inputs.case.channel_names)
-    docs = {r.target: ({**r.result, "request": request.to_json(), "provenance": {**prov, "evaluator": r.stats}}, r.maps) for r in results}
+    docs = {r.target: ({**r.result, "request": request.to_json(), "provenance": {**prov, "evaluator": r.stats}}, r.maps, r.files)
+            for r in results}
     if len(docs) == 1:
-        (result, maps), = docs.values()
-        return write_result(request.out, result, maps, request.overwrite)
+        (result, maps, files), = docs.values()
+        return write_result(request.out, result, maps, request.overwrite, files)
     return write_results(request.out, docs, request.overwrite)

@@ -98,6 +98,15 @@ EXPLAIN_FLAGS: tuple[tuple[str, str | None, str], ...] = (
     ("gradients.n_steps", None, "none"),
     ("gradients.layer", None, "none"),
     ("gradients.per_channel", None, "none"),
+    ("tracin.training_dir", "--training-dir", "value"),
+    ("tracin.checkpoints", "--tracin-checkpoint", "repeat"),
+    ("tracin.layers", "--tracin-layers", "csv"),
+    ("tracin.projection_dim", "--projection-dim", "value"),
+    ("tracin.train_region", "--train-region", "value"),
+    ("tracin.patches", "--train-patches", "value"),
+    ("tracin.max_cases", "--max-train-cases", "value"),
+    ("tracin.score", "--influence-score", "value"),
+    ("tracin.top_k", "--influence-top-k", "value"),
 )
 
 _MISSING = object()

@@ -36,6 +36,7 @@ class MethodResult:
     result: dict                                   # result.json fields (run() adds request and provenance)
     maps: dict[str, tuple[np.ndarray, Geometry]]   # volumes on the case grid
     stats: list[dict]                              # evaluator figures per model, for provenance
+    files: dict[str, bytes] = dataclasses.field(default_factory=dict)  # other files written beside result.json (PNG)
 
 
 @dataclasses.dataclass
