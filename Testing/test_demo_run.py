@@ -12,7 +12,7 @@ from SegXAILib.errors import InputError
 def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     text = io.StringIO()
-    run_demo(out, shape=(64, 72, 64), spacing=3.0, models=demo_models()[:2], stream=text, budget=30)
+    run_demo(out, shape=(64, 72, 64), spacing=3.0, models=demo_models()[:2], stream=text, budget=30, methods=False)
     printed = text.getvalue()
     for region in ("WT", "TC", "ET"):
         result = json.loads((out / "contrast-shapley" / region / "result.json").read_text())
@@ -32,3 +32,13 @@ def test_demo_end_to_end(tmp_path):
     with pytest.raises(InputError):
         run_demo(mine, overwrite=True, regions=False)
     assert (mine / "keep.txt").exists()
+
+
+@pytest.mark.heavy
+def test_demo_method_comparison(tmp_path):
+    """The demo's causal, gradient and TracIn runs and the deletion-AUC table (slow: `make test-heavy`)."""
+    text = io.StringIO()
+    run_demo(tmp_path / "demo", shape=(64, 72, 64), spacing=3.0, models=demo_models()[:1], stream=text, budget=30)
+    printed = text.getvalue()
+    assert "Causal ATE" in printed and "TracIn" in printed and printed.count("MoRF AUC") == 3
+    assert json.loads((tmp_path / "demo" / "tracin-brain" / "result.json").read_text())["proponents"]

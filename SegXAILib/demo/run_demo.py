@@ -6,6 +6,7 @@ summary on the terminal and two figures.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..models import ModelOptions
 from ..progress import CancelToken, ProgressFn, no_progress
-from ..request import ExplainRequest, RegionOptions
+from ..request import CausalOptions, ExplainRequest, GradientOptions, RegionOptions
 from ..errors import InputError
 from ..result import read_result
 from ..run import run
@@ -97,9 +98,34 @@ def region_demos(out: Path, brain_paths: dict, roi_path: Path, fold0: Path, prog
             region_summary("Region SHAP, torso CT liver lesion (organs)", read_result(run(ct, progress, cancel)))]
 
 
+def method_comparison(out: Path, brain_paths: dict, roi_path: Path, fold0: Path, progress, cancel, players: int) -> list[str]:
+    """Causal ATE, Integrated Gradients and TracIn on the brain case (fold 0, WT), and the deletion AUCs of the map methods."""
+    from ..evaluate import evaluate
+    from ..methods.tracin import tracin_demo
+
+    images = [str(brain_paths[c]) for c in CHANNELS]
+    common = dict(images=images, models=[str(fold0)], targets=["WT"], value="soft-dice", roi_mask=str(roi_path),
+                  model_options=ModelOptions(trust=True), region=RegionOptions(features="supervoxel", n_players=players))
+    causal = run(ExplainRequest(out=str(out / "causal-brain"), method="causal",
+                                causal=CausalOptions(intervention="shift", min_samples=2, max_samples=4, tolerance=0.02), **common),
+                 progress, cancel)
+    grads = run(ExplainRequest(out=str(out / "gradients-brain"), method="gradients", gradients=GradientOptions(n_steps=8), **common),
+                progress, cancel)
+    _, tracin_text = tracin_demo(out / "tracin-brain", images, str(roi_path), fold0, progress, cancel, threads=1)
+    causal_doc = read_result(causal)
+    top = ", ".join(f"{p['name']} {p['value']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]" for p in causal_doc["top_k"][:3])
+    lines = [f"Causal ATE, brain WT (fold 0, {causal_doc['interventions']['total']} shift interventions): {top}", tracin_text,
+             "Deletion (most relevant first; lower = more faithful) vs least relevant first, soft Dice, fold 0 WT:"]
+    for name, folder in (("region SHAP", out / "region-shap-brain"), ("causal ATE", causal), ("integrated gradients", grads)):
+        ev = json.loads(evaluate(folder, steps=6, samples=8, sanity_steps=0, road_steps=2, progress=progress, cancel=cancel)[0].read_text())
+        lines.append(f"    {name:<22} MoRF AUC {ev['deletion_morf']['auc']:.3f}   LeRF AUC {ev['deletion_lerf']['auc']:.3f}   "
+                     f"AOPC {ev['aopc_morf']:.3f}")
+    return lines
+
+
 def run_demo(out: str | Path, overwrite: bool = False, progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
              shape: tuple[int, int, int] = (96, 112, 96), spacing: float = 2.0, models: list[Path] | None = None,
-             stream=None, regions: bool = True, budget: int = 40) -> Path:
+             stream=None, regions: bool = True, budget: int = 40, methods: bool = True) -> Path:
     stream = stream or sys.stdout
     out = _fresh_folder(Path(out), overwrite)
     case = make_brain_case(DEMO_SEED, shape=shape, spacing=spacing)
@@ -126,6 +152,8 @@ def run_demo(out: str | Path, overwrite: bool = False, progress: ProgressFn = no
     text = summary(results)
     if regions:
         text += "\n" + "\n".join(region_demos(out, paths, roi_path, Path(request.models[0]), progress, cancel, budget))
+        if methods:
+            text += "\n" + "\n".join(method_comparison(out, paths, roi_path, Path(request.models[0]), progress, cancel, 24))
     (out / "summary.txt").write_text(text + "\n")
     print(text, file=stream)
     print(f"\nResults: {folder}/<region>/result.json   Figures: {chart}, {slice_png}", file=stream, flush=True)
