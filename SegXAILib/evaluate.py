@@ -76,7 +76,7 @@ def _player_values(doc: dict) -> np.ndarray:
 
 
 def evaluate(result_dir: str | Path, steps: int = 20, seed: int = 0, value: str | None = None, samples: int = 32,
-             sanity_steps: int = 4, road_steps: int = 10, progress: ProgressFn = no_progress,
+             sanity_steps: int = 4, road_steps: int = 6, progress: ProgressFn = no_progress,
              cancel: CancelToken | None = None) -> list[Path]:
     """Evaluates a result folder (each target of a multi-target one); returns the evaluation.json files written."""
     folder = Path(result_dir)
@@ -95,46 +95,62 @@ def evaluate(result_dir: str | Path, steps: int = 20, seed: int = 0, value: str 
     maps = {key: read_volume(folder / name)[0] for key, name in doc["maps"].items() if key in ("attribution", "players")}
     blocks, first = [], None
     for m, model in enumerate(inputs.models):
-        rng = np.random.default_rng(seed)   # the same subsets and tie-breaks for every model, so their means are meaningful
         mc = model_case(model, inputs)
         box = support_box(make_grid(model.window, mc.roi.shape), mc.roi)
-        attribution = _on_model_grid(maps["attribution"], inputs.case.geometry, mc) if "attribution" in maps else None
-        if kind == "channels":
-            units = fm.ranked_units(np.arange(len(doc["players"])).reshape(-1, 1, 1, 1), _player_values(doc), "channels")
-        elif kind == "players":
-            units = fm.ranked_units(_on_model_grid(maps["players"], inputs.case.geometry, mc).astype(np.int64)[None] - 1, _player_values(doc), "players")
-        else:
-            units = fm.voxel_units(attribution, box, steps, rng)
         stage = f"evaluation, {model.name} [{m + 1}/{len(inputs.models)}]"
-        evaluator, target, vf = value_game(inputs, model, mc, units.ids, units.n, value, doc["target_label"], progress, cancel)
-        game = lambda c, ev=evaluator, vf=vf: ev.evaluate(c, lambda z: [vf(z)], stage=stage)[:, 0]
-        block = {"model": model.name, **fm.removal_curves(game, units, steps)}
-        if kind != "channels":
-            block["road"] = fm.road_curves(evaluator, vf, mc.prepared.image, baseline_values(mc.prepared.image, inputs.request.baseline),
-                                           units, min(steps, road_steps), ROAD_NOISE, rng)
-        if kind == "voxels":
-            groups = fm.voxel_units(attribution, box, CORRELATION_GROUPS, rng, random_order=True)
-            ev_groups, _, vf_groups = value_game(inputs, model, mc, groups.ids, groups.n, value, doc["target_label"], progress, cancel)
-            block["correlation"] = fm.faithfulness_correlation(lambda c: ev_groups.evaluate(c, lambda z: [vf_groups(z)], stage=stage)[:, 0],
-                                                               groups, samples, 0.25, rng)
-        else:
-            block["correlation"] = fm.faithfulness_correlation(game, units, samples, 0.25, rng)
-        block["leakage"] = None if attribution is None else fm.leakage(attribution, box)
-        block["evaluator"] = evaluator.stats.to_json()
-        blocks.append(block)
+        blocks.append(_evaluate_model(doc, inputs, model, mc, box, kind, maps, value, steps, min(steps, road_steps), samples, seed,
+                                      stage, progress, cancel))
         first = first or (mc, box)
     evaluation = {"schema": "segxai.evaluation/1", "result": RESULT_FILE, "method": doc["method"], "target_label": doc["target_label"],
-                  "value_function": value, "units": kind, "n_units": units.n, "steps": steps, "seed": seed,
-                  **_mean(blocks), "per_model": blocks}
+                  "value_function": value, "units": kind, "steps": steps, "seed": seed, **_mean(blocks), "per_model": blocks}
     del evaluation["model"], evaluation["evaluator"]
     if sanity_steps > 0:
+        t0 = time.perf_counter()
         evaluation["sanity"] = _sanity(doc, inputs, kind, maps, first, sanity_steps, seed, cancel)
+        evaluation["timings"]["sanity_s"] = round(time.perf_counter() - t0, 3)
     evaluation["figures"] = _figures(evaluation, folder)
-    evaluation["timings"] = {"total_s": round(time.perf_counter() - started, 3)}
+    evaluation["timings"]["total_s"] = round(time.perf_counter() - started, 3)
     tmp = folder / f".{EVALUATION_FILE}.tmp"
     tmp.write_text(json.dumps(evaluation, indent=2, default=_json_default))
     os.replace(tmp, folder / EVALUATION_FILE)
     return [folder / EVALUATION_FILE]
+
+
+def _evaluate_model(doc, inputs, model, mc, box, kind, maps, value, steps, road_steps, samples, seed, stage, progress, cancel) -> dict:
+    """Every metric but the sanity check, for one model; each metric draws from its own seeded stream, so its
+    numbers do not depend on which others ran, and every model gets the same subsets and tie-breaks."""
+    rank_rng, road_rng, corr_rng = (np.random.default_rng([seed, i]) for i in range(3))
+    attribution = _on_model_grid(maps["attribution"], inputs.case.geometry, mc) if "attribution" in maps else None
+    if kind == "channels":
+        units = fm.ranked_units(np.arange(len(doc["players"])).reshape(-1, 1, 1, 1), _player_values(doc), "channels")
+    elif kind == "players":
+        ids = _on_model_grid(maps["players"], inputs.case.geometry, mc).astype(np.int64)[None] - 1
+        units = fm.ranked_units(ids, _player_values(doc), "players")
+    else:
+        units = fm.voxel_units(attribution, box, steps, rank_rng)
+    evaluator, _, vf = value_game(inputs, model, mc, units.ids, units.n, value, doc["target_label"], progress, cancel)
+    game = lambda c: evaluator.evaluate(c, lambda z: [vf(z)], stage=stage)[:, 0]
+    t0 = time.perf_counter()
+    block = {"model": model.name, "n_units": units.n, **fm.removal_curves(game, units, steps)}
+    timings = {"curves_s": time.perf_counter() - t0}
+    if kind != "channels":
+        t0 = time.perf_counter()
+        block["road"] = fm.road_curves(evaluator, vf, mc.prepared.image, baseline_values(mc.prepared.image, inputs.request.baseline),
+                                       units, road_steps, ROAD_NOISE, road_rng)
+        timings["road_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if kind == "voxels":
+        groups = fm.voxel_units(attribution, box, CORRELATION_GROUPS, corr_rng, random_order=True)
+        ev_groups, _, vf_groups = value_game(inputs, model, mc, groups.ids, groups.n, value, doc["target_label"], progress, cancel)
+        block["correlation"] = fm.faithfulness_correlation(lambda c: ev_groups.evaluate(c, lambda z: [vf_groups(z)], stage=stage)[:, 0],
+                                                           groups, samples, 0.25, corr_rng)
+    else:
+        block["correlation"] = fm.faithfulness_correlation(game, units, samples, 0.25, corr_rng)
+    timings["correlation_s"] = time.perf_counter() - t0
+    block["leakage"] = None if attribution is None else fm.leakage(attribution, box)
+    block["evaluator"] = evaluator.stats.to_json()
+    block["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    return block
 
 
 def _mean(blocks: list):

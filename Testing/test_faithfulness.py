@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from test_gradients import _module_model, linear_case, small_net  # noqa: F401  (fixture)
-from test_region_shap import far_case  # noqa: F401  (fixture)
+import test_gradients
+import test_region_shap
+from test_gradients import _module_model, small_net
 from SegXAILib import faithfulness as fm
 from SegXAILib.cli import main
 from SegXAILib.evaluator import Evaluator
@@ -19,6 +20,7 @@ from SegXAILib.targets import Target
 from SegXAILib.windows import WindowSpec
 
 TARGET = Target("fg", (1,), "softmax", (1,))
+far_case, linear_case = test_region_shap.far_case, test_gradients.linear_case   # the fixtures, shared
 
 
 class Passthrough(torch.nn.Module):
@@ -109,7 +111,7 @@ def _explain_args(case, out, *extra):
             "--target-label", "1", "--value", "tp", "--progress", "none", "--out", str(out), *extra]
 
 
-def test_evaluate_region_shap_result_end_to_end(far_case):  # noqa: F811
+def test_evaluate_region_shap_result_end_to_end(far_case):
     out = far_case["dir"] / "shap"
     assert main(_explain_args(far_case, out, "--method", "region-shap", "--features", "labels", "--labels", far_case["labels"],
                               "--label-names", '{"1": "evidence", "2": "quiet", "3": "still"}')) == 0
@@ -126,7 +128,7 @@ def test_evaluate_region_shap_result_end_to_end(far_case):  # noqa: F811
     assert all((out / name).stat().st_size > 0 for name in ev["figures"].values())
 
 
-def test_explain_evaluate_on_a_gradient_map(linear_case):  # noqa: F811
+def test_explain_evaluate_on_a_gradient_map(linear_case):
     out = linear_case["dir"] / "ig"
     assert main(["explain", *[a for im in linear_case["images"] for a in ("--image", im)], "--model", linear_case["model"],
                  "--roi-mask", linear_case["roi_path"], "--target-label", "1", "--progress", "none", "--out", str(out),

@@ -6,7 +6,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from conftest import save_torchscript
-from test_region_shap import far_case  # noqa: F401  (fixture)
+import test_region_shap
 from SegXAILib.errors import InputError
 from SegXAILib.evaluator import Evaluator
 from SegXAILib.methods.gradients import attribute
@@ -19,6 +19,8 @@ from SegXAILib.run import run
 from SegXAILib.targets import Target
 from SegXAILib.volumes import Geometry, read_volume, write_volume
 from SegXAILib.windows import WindowSpec
+
+far_case = test_region_shap.far_case   # the fixture, shared
 
 W = (0.5, -2.0, 0.0)   # foreground weights per channel; channel 2 unused
 
@@ -148,7 +150,7 @@ def test_grad_cam_on_factory_model_and_torchscript_refused(linear_case, tmp_path
         _run(linear_case, "refused", kind="grad-cam")
 
 
-def test_occlusion_removes_one_player_at_a_time(far_case):  # noqa: F811
+def test_occlusion_removes_one_player_at_a_time(far_case):
     request = ExplainRequest(images=far_case["images"], models=[far_case["model"]], out=str(far_case["dir"] / "occ"), targets=["1"],
                              value="tp", roi_mask=far_case["roi"], method="gradients", gradients=GradientOptions(kind="occlusion"),
                              region=RegionOptions(features="labels", labels=far_case["labels"], label_names={1: "evidence", 2: "quiet", 3: "still"}))
