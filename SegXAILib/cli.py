@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=int, default=20, help="points on the removal curves (voxel maps: rank chunks)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--value", dest="eval_value", help="value function for the curves (default: the result's own)")
-    v.add_argument("--samples", type=int, default=32, help="random subsets for the faithfulness correlation")
+    v.add_argument("--samples", type=int, default=32, help="random subsets for the faithfulness correlation (0: skip it)")
+    v.add_argument("--road-steps", type=int, default=6, help="points on the ROAD curves, each a fresh imputation (0: skip them)")
     v.add_argument("--sanity-steps", type=int, default=4, help="depths of the model-randomisation check (0: skip it)")
     v.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
 
@@ -189,6 +190,7 @@ def _run_evaluation(folder, args) -> None:
 
     for path in evaluate(folder, steps=getattr(args, "steps", 20), seed=args.seed, value=getattr(args, "eval_value", None),
                          samples=getattr(args, "samples", 32), sanity_steps=getattr(args, "sanity_steps", 4),
+                         road_steps=getattr(args, "road_steps", 6),
                          progress=_progress(args.progress), cancel=_cancel_on_signals()):
         print(f"Evaluation written to {path}")
 

@@ -133,20 +133,21 @@ def _evaluate_model(doc, inputs, model, mc, box, kind, maps, value, steps, road_
     t0 = time.perf_counter()
     block = {"model": model.name, "n_units": units.n, **fm.removal_curves(game, units, steps)}
     timings = {"curves_s": time.perf_counter() - t0}
-    if kind != "channels":
+    if kind != "channels" and road_steps > 0:
         t0 = time.perf_counter()
         block["road"] = fm.road_curves(evaluator, vf, mc.prepared.image, baseline_values(mc.prepared.image, inputs.request.baseline),
                                        units, road_steps, ROAD_NOISE, road_rng)
         timings["road_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if kind == "voxels":
-        groups = fm.voxel_units(attribution, box, CORRELATION_GROUPS, corr_rng, random_order=True)
-        ev_groups, _, vf_groups = value_game(inputs, model, mc, groups.ids, groups.n, value, doc["target_label"], progress, cancel)
-        block["correlation"] = fm.faithfulness_correlation(lambda c: ev_groups.evaluate(c, lambda z: [vf_groups(z)], stage=stage)[:, 0],
-                                                           groups, samples, 0.25, corr_rng)
-    else:
-        block["correlation"] = fm.faithfulness_correlation(game, units, samples, 0.25, corr_rng)
-    timings["correlation_s"] = time.perf_counter() - t0
+    if samples > 0:
+        t0 = time.perf_counter()
+        if kind == "voxels":
+            groups = fm.voxel_units(attribution, box, CORRELATION_GROUPS, corr_rng, random_order=True)
+            ev_groups, _, vf_groups = value_game(inputs, model, mc, groups.ids, groups.n, value, doc["target_label"], progress, cancel)
+            block["correlation"] = fm.faithfulness_correlation(
+                lambda c: ev_groups.evaluate(c, lambda z: [vf_groups(z)], stage=stage)[:, 0], groups, samples, 0.25, corr_rng)
+        else:
+            block["correlation"] = fm.faithfulness_correlation(game, units, samples, 0.25, corr_rng)
+        timings["correlation_s"] = time.perf_counter() - t0
     block["leakage"] = None if attribution is None else fm.leakage(attribution, box)
     block["evaluator"] = evaluator.stats.to_json()
     block["timings"] = {k: round(v, 3) for k, v in timings.items()}
@@ -211,16 +212,17 @@ def _figures(evaluation: dict, folder: Path) -> dict:
     fig.savefig(folder / FIGURES["curves"])
     plt.close(fig)
     written["curves"] = FIGURES["curves"]
-    corr = evaluation["correlation"]
-    fig, ax = plt.subplots(figsize=(3.6, 3.4), dpi=120)
-    ax.scatter(corr["attribution_sum"], corr["value_drop"], s=12)
-    ax.set_xlabel("attribution of the removed subset")
-    ax.set_ylabel("value drop")
-    ax.set_title("faithfulness correlation r = " + ("n/a" if corr["pearson"] is None else f"{corr['pearson']:.2f}"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(folder / FIGURES["correlation"])
-    plt.close(fig)
-    written["correlation"] = FIGURES["correlation"]
+    corr = evaluation.get("correlation")
+    if corr:
+        fig, ax = plt.subplots(figsize=(3.6, 3.4), dpi=120)
+        ax.scatter(corr["attribution_sum"], corr["value_drop"], s=12)
+        ax.set_xlabel("attribution of the removed subset")
+        ax.set_ylabel("value drop")
+        ax.set_title("faithfulness correlation r = " + ("n/a" if corr["pearson"] is None else f"{corr['pearson']:.2f}"), fontsize=10)
+        fig.tight_layout()
+        fig.savefig(folder / FIGURES["correlation"])
+        plt.close(fig)
+        written["correlation"] = FIGURES["correlation"]
     sanity = evaluation.get("sanity")
     if sanity and sanity["curve"]:
         fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=120)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy import sparse, stats
+from scipy import ndimage, sparse, stats
 
 from .errors import SegXAIError
 
@@ -123,32 +123,51 @@ def noisy_linear_impute(image: np.ndarray, removed: np.ndarray, noise: float, rn
     """ROAD's noisy linear imputation in 3D: each removed voxel becomes the mean of its six neighbours (removed or not,
     solved jointly: a discrete Laplace equation with the kept voxels as boundary), plus Gaussian noise of `noise` ×
     the channel's standard deviation. The filled region then carries no edge that gives its shape away."""
-    coords = np.argwhere(removed)
-    n = len(coords)
-    if n == 0:
+    if not removed.any():
         return image
-    number = np.full(removed.shape, -1, np.int64)
-    number[removed] = np.arange(n)
-    rows, cols, vals = [np.arange(n)], [np.arange(n)], [np.full(n, 1e-6)]
-    rhs = np.zeros((image.shape[0], n))
+    out = image.copy()
+    out[:, removed] = _harmonic_fill(image, removed)
+    for c in range(image.shape[0]):
+        out[c][removed] += noise * float(image[c].std()) * rng.standard_normal(int(removed.sum()))
+    return out
+
+
+def _harmonic_fill(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """(C, n) values at the removed voxels. A hole with no kept voxel around it (everything removed) has no boundary:
+    it takes the channel mean. (A coarse-to-fine start was tried: it saved under 20 % of the iterations, as the
+    residual it leaves sits at the hole boundary.)"""
+    labels, _ = ndimage.label(removed)
+    bounded = np.unique(labels[ndimage.binary_dilation(~removed) & removed])
+    inner = np.isin(labels, bounded[bounded > 0])
+    mean = image.reshape(len(image), -1).mean(1)
+    full = np.broadcast_to(mean[:, None, None, None], image.shape).copy()
+    if inner.any():
+        a, b = _laplace_system(image, inner)
+        full[:, inner] = _block_cg(a, b, np.tile(mean, (len(b), 1))).T
+    return full[:, removed]
+
+
+def _laplace_system(image: np.ndarray, unknown: np.ndarray):
+    """Σ_neighbours (x_u − x_v) = 0 for every unknown voxel u: the matrix, and (n, C) right-hand sides from kept voxels."""
+    coords = np.argwhere(unknown)
+    n = len(coords)
+    number = np.full(unknown.shape, -1, np.int64)
+    number[unknown] = np.arange(n)
+    rows, cols, vals = [], [], []
+    rhs = np.zeros((n, image.shape[0]))
     for axis in range(3):
         for step in (-1, 1):
             nb = coords.copy()
             nb[:, axis] += step
-            inside = (nb[:, axis] >= 0) & (nb[:, axis] < removed.shape[axis])
+            inside = (nb[:, axis] >= 0) & (nb[:, axis] < unknown.shape[axis])
             u, nb = np.flatnonzero(inside), nb[inside]
             other = number[tuple(nb.T)]
             hole = other >= 0
             rows += [u, u[hole]]
             cols += [u, other[hole]]
             vals += [np.ones(len(u)), -np.ones(int(hole.sum()))]
-            rhs[:, u[~hole]] += image[(slice(None),) + tuple(nb[~hole].T)]
-    a = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    filled = _block_cg(a, rhs.T, np.tile(image.reshape(len(image), -1).mean(1), (n, 1)))
-    out = image.copy()
-    for c in range(image.shape[0]):
-        out[c][removed] = filled[:, c] + noise * float(image[c].std()) * rng.standard_normal(n)
-    return out
+            rhs[u[~hole]] += image[(slice(None),) + tuple(nb[~hole].T)].T
+    return sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)), rhs
 
 
 def _block_cg(a, b: np.ndarray, x: np.ndarray, rtol: float = 1e-4, maxiter: int = 2000) -> np.ndarray:
@@ -159,7 +178,7 @@ def _block_cg(a, b: np.ndarray, x: np.ndarray, rtol: float = 1e-4, maxiter: int 
     r = b - a @ x
     z = d * r
     p, rz = z.copy(), (r * z).sum(0)
-    stop = rtol * np.linalg.norm(b, axis=0)
+    stop = rtol * np.maximum(np.linalg.norm(b, axis=0), np.linalg.norm(r, axis=0))
     for _ in range(maxiter):
         if np.all(np.linalg.norm(r, axis=0) <= stop):
             break

@@ -60,20 +60,18 @@ def test_deletion_curves_follow_the_known_ordering(slab_game):
     assert corr["n_subsets"] == 14 and corr["pearson"] == pytest.approx(1.0)   # drop = attribution sum, exactly
 
 
-def test_road_imputation_continues_the_surroundings(slab_game):
-    i, j, k = np.indices((14, 12, 10)).astype(np.float32)
+def test_road_imputation_continues_the_surroundings():
+    i, j, k = np.indices((40, 36, 30)).astype(np.float32)
     ramp = np.stack([2 * i - j + 0.5 * k, np.full(i.shape, 3.0, np.float32)])
     removed = np.zeros(i.shape, bool)
-    removed[4:10, 3:9, 2:7] = True
+    removed[4:36, 3:33, 2:27] = True
+    removed[1, 1, 1] = True
     filled = fm.noisy_linear_impute(ramp, removed, 0.0, np.random.default_rng(0))
-    assert np.abs(filled - ramp).max() < 1e-3   # a linear field is harmonic: no edge marks the removed block
+    assert np.abs(filled - ramp).max() < 5e-3 * ramp[0].std()   # a linear field is harmonic: no edge marks the hole
     noisy = fm.noisy_linear_impute(ramp, removed, 0.1, np.random.default_rng(0))
     assert np.array_equal(noisy[:, ~removed], ramp[:, ~removed]) and 0 < np.abs(noisy - ramp)[:, removed].std()
-    units = fm.ranked_units(slab_game["ids"], slab_game["contributions"], "players")
-    road = fm.road_curves(slab_game["evaluator"], slab_game["value"], slab_game["image"], np.zeros((1, 1, 1, 1), np.float32),
-                          units, 10, 0.0, np.random.default_rng(0))
-    assert road["morf"]["normalised"][0] == 1.0 and road["morf"]["normalised"][-1] == pytest.approx(0.0)
-    assert road["morf"]["auc"] < road["lerf"]["auc"]
+    everything = fm.noisy_linear_impute(ramp, np.ones(i.shape, bool), 0.0, np.random.default_rng(0))
+    assert np.allclose(everything, ramp.mean((1, 2, 3))[:, None, None, None])   # no boundary: the channel mean
 
 
 def test_leakage_counts_attribution_outside_the_support():
