@@ -259,7 +259,8 @@ def test_cases_json_listing_and_full_case_loss(decisive, tmp_path):
     s = {**decisive, "train": str(train)}
     result = read_result(run(request(s, "listed", train_region="full")))
     assert result["training"]["listing"] == "cases.json" and result["ranking"][0] == "decisive"
-    crop = {e["id"]: e["score"] for e in read_result(decisive["dir"] / "exact")["influence"]}
+    cropped = read_result(run(request(s, "listed_crop")))   # the default loss region: the crop around the target
+    crop = {e["id"]: e["score"] for e in cropped["influence"]}
     full = {e["id"]: e["score"] for e in result["influence"]}
     assert full["decisive"] == pytest.approx(crop["decisive"], rel=1e-4)  # single-window model: the crop is the whole case
 
