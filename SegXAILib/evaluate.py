@@ -69,10 +69,12 @@ def _on_model_grid(volume: np.ndarray, case_geometry, mc) -> np.ndarray:
 
 
 def _player_values(doc: dict) -> np.ndarray:
+    """Player relevance, most relevant highest: `value` × the result's `relevance_sign` (causal ATE is −1: a region
+    whose replacement lowers the value supports the target)."""
     values = np.zeros(len(doc["players"]))
     for p in doc["players"]:
         values[p["id"]] = p["value"]
-    return values
+    return values * doc.get("relevance_sign", 1)
 
 
 def evaluate(result_dir: str | Path, steps: int = 20, seed: int = 0, value: str | None = None, samples: int = 32,

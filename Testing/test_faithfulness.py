@@ -126,6 +126,17 @@ def test_evaluate_region_shap_result_end_to_end(far_case):
     assert all((out / name).stat().st_size > 0 for name in ev["figures"].values())
 
 
+def test_evaluate_ranks_causal_regions_by_negative_ate(far_case):
+    out = far_case["dir"] / "causal"
+    assert main(_explain_args(far_case, out, "--method", "causal", "--features", "labels", "--labels", far_case["labels"],
+                              "--intervention", "baseline", "--min-samples", "2", "--max-samples", "2", "--evaluate")) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["relevance_sign"] == -1 and result["ranking"][0] == "label 1" and result["top_k"][0]["value"] < 0
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["deletion_morf"]["normalised"][1] == 0.0 and ev["deletion_morf"]["auc"] < ev["deletion_lerf"]["auc"]
+    assert ev["correlation"]["pearson"] == pytest.approx(1.0)   # relevance = −ATE = the drop when the evidence goes
+
+
 def test_explain_evaluate_on_a_gradient_map(linear_case):
     out = linear_case["dir"] / "ig"
     assert main(["explain", *[a for im in linear_case["images"] for a in ("--image", im)], "--model", linear_case["model"],

@@ -117,7 +117,7 @@ def method_comparison(out: Path, brain_paths: dict, roi_path: Path, fold0: Path,
     lines = [f"Causal ATE, brain WT (fold 0, {causal_doc['interventions']['total']} shift interventions): {top}", tracin_text,
              "Deletion (most relevant first; lower = more faithful) vs least relevant first, soft Dice, fold 0 WT:"]
     for name, folder in (("region SHAP", out / "region-shap-brain"), ("causal ATE", causal), ("integrated gradients", grads)):
-        ev = json.loads(evaluate(folder, steps=6, samples=8, sanity_steps=0, road_steps=2, progress=progress, cancel=cancel)[0].read_text())
+        ev = json.loads(evaluate(folder, steps=6, value="soft-dice", samples=8, sanity_steps=0, road_steps=2, progress=progress, cancel=cancel)[0].read_text())
         lines.append(f"    {name:<22} MoRF AUC {ev['deletion_morf']['auc']:.3f}   LeRF AUC {ev['deletion_lerf']['auc']:.3f}   "
                      f"AOPC {ev['aopc_morf']:.3f}")
     return lines

@@ -157,6 +157,7 @@ def _result(inputs, target, players, first, per_model, components, stats_rows) -
         "players": entries, "ranking": [players.names[i] for i in order], "top_k": [entries[i] for i in order[:request.region.top_k]],
         "v_full": y, "v_empty": None,
         "ate_definition": "mean over interventions of v(do(region := x')) - v(observed); negative = the region supports the target",
+        "relevance_sign": -1,
         "interventions": {"kind": options.intervention, "min_samples": options.min_samples, "max_samples": options.max_samples,
                           "tolerance": options.tolerance, "confidence": options.confidence,
                           "total": int(sum(len(s) for e in per_model for s in e["samples"]))},
