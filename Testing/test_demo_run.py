@@ -34,11 +34,17 @@ def test_demo_end_to_end(tmp_path):
     assert (mine / "keep.txt").exists()
 
 
-@pytest.mark.heavy
 def test_demo_method_comparison(tmp_path):
-    """The demo's causal, gradient and TracIn runs and the deletion-AUC table (slow: `make test-heavy`)."""
+    """The demo's causal, gradient and TracIn runs, the deletion-AUC table and the run times."""
+    out = tmp_path / "demo"
     text = io.StringIO()
-    run_demo(tmp_path / "demo", shape=(64, 72, 64), spacing=3.0, models=demo_models()[:1], stream=text, budget=30)
+    run_demo(out, shape=(64, 72, 64), spacing=3.0, models=demo_models()[:1], stream=text, budget=30)
     printed = text.getvalue()
     assert "Causal ATE" in printed and "TracIn" in printed and printed.count("MoRF AUC") == 3
-    assert json.loads((tmp_path / "demo" / "tracin-brain" / "result.json").read_text())["proponents"]
+    assert json.loads((out / "tracin-brain" / "result.json").read_text())["proponents"]
+    for folder in ("region-shap-brain", "causal-brain", "gradients-brain"):
+        ev = json.loads((out / folder / "evaluation.json").read_text())
+        assert ev["value_function"] == "soft-dice"   # one value for all three, so the AUCs compare
+        assert ev["deletion_morf"]["auc"] < ev["deletion_lerf"]["auc"], folder   # each map ranks what matters first
+    times = next(line for line in printed.splitlines() if line.startswith("Run times:"))
+    assert all(name in times for name in ("contrast Shapley", "causal ATE", "integrated gradients", "TracIn"))

@@ -117,10 +117,21 @@ def method_comparison(out: Path, brain_paths: dict, roi_path: Path, fold0: Path,
     lines = [f"Causal ATE, brain WT (fold 0, {causal_doc['interventions']['total']} shift interventions): {top}", tracin_text,
              "Deletion (most relevant first; lower = more faithful) vs least relevant first, soft Dice, fold 0 WT:"]
     for name, folder in (("region SHAP", out / "region-shap-brain"), ("causal ATE", causal), ("integrated gradients", grads)):
-        ev = json.loads(evaluate(folder, steps=6, value="soft-dice", samples=8, sanity_steps=0, road_steps=2, progress=progress, cancel=cancel)[0].read_text())
+        ev = json.loads(evaluate(folder, steps=6, value="soft-dice", samples=8, sanity_steps=0, road_steps=0, progress=progress,
+                                 cancel=cancel)[0].read_text())
         lines.append(f"    {name:<22} MoRF AUC {ev['deletion_morf']['auc']:.3f}   LeRF AUC {ev['deletion_lerf']['auc']:.3f}   "
-                     f"AOPC {ev['aopc_morf']:.3f}")
+                     f"AOPC {ev['aopc_morf']:.3f}   ({ev['timings']['total_s']:.0f} s)")
     return lines
+
+
+def run_times(out: Path) -> str:
+    """Each explanation's own run time (load + explain), from its result's provenance."""
+    names = {"contrast-shapley/WT": "contrast Shapley (5 folds × 3 regions)", "region-shap-brain": "region SHAP brain",
+             "region-shap-ct": "region SHAP CT", "causal-brain": "causal ATE", "gradients-brain": "integrated gradients",
+             "tracin-brain": "TracIn"}
+    parts = [f"{label} {read_result(out / key)['provenance']['timings']['total_s']:.0f} s" for key, label in names.items()
+             if (out / key / "result.json").exists()]
+    return "Run times: " + ", ".join(parts)
 
 
 def run_demo(out: str | Path, overwrite: bool = False, progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
@@ -154,6 +165,7 @@ def run_demo(out: str | Path, overwrite: bool = False, progress: ProgressFn = no
         text += "\n" + "\n".join(region_demos(out, paths, roi_path, Path(request.models[0]), progress, cancel, budget))
         if methods:
             text += "\n" + "\n".join(method_comparison(out, paths, roi_path, Path(request.models[0]), progress, cancel, 24))
+    text += "\n" + run_times(out)
     (out / "summary.txt").write_text(text + "\n")
     print(text, file=stream)
     print(f"\nResults: {folder}/<region>/result.json   Figures: {chart}, {slice_png}", file=stream, flush=True)
