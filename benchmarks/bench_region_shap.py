@@ -7,7 +7,7 @@
    shapiq KernelSHAP) vs Captum's `KernelShap` with the same players as `feature_mask` over the full volume, each
    coalition through MONAI's full-volume `sliding_window_inference` — wall time and ratio, and the share of
    (coalition, window) evaluations the cache saved.
-2. Accuracy, on a 10-player game from the demo case: max |error| against exact enumeration at equal numbers of
+2. Accuracy, on a 12-supervoxel game from the demo case: max |error| against exact enumeration at equal numbers of
    model evaluations, shapiq KernelSHAP (ours) vs Captum KernelShap, both on the very same game.
 """
 
@@ -101,7 +101,7 @@ def speed(name: str, model, case, budget: int, n_players: int, seed: int, roi: n
 
 
 def accuracy(model, case, seed: int, budgets=(32, 64, 128, 256)) -> list[dict]:
-    image, roi, players, target = setup(model, case, 10, kind="lattice")
+    image, roi, players, target = setup(model, case, 12)
     ev = Evaluator(model, image, roi, players.ids[None], players.n, np.zeros((1, 1, 1, 1), np.float32), torch.device("cpu"))
     ref = target.hard(ev.full_logits())
     game = lambda c: ev.evaluate(np.atleast_2d(c), lambda z: [soft_dice(z, target, ref)])[:, 0]
@@ -139,7 +139,7 @@ def main() -> None:
             for label, roi in (("tumour box", None), ("focal 24 mm cube", focal_roi(brats.labels, 24))):
                 figures["speed"].append(speed(f"BraTS-sized case (SegResNet, 96³ windows), {label}", model, brats, args.budget,
                                               args.players, args.seed, roi))
-    print("estimator error vs exact enumeration (10 players, demo case), equal model evaluations:")
+    print("estimator error vs exact enumeration (12 supervoxels, demo case), equal model evaluations:")
     figures["accuracy"] = accuracy(demo_model, demo_case, args.seed)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
