@@ -202,13 +202,21 @@ def test_self_influence_finds_the_mislabelled_case(tmp_path):
     assert ranked[0]["id"] == "mislabelled" and ranked[0]["value"] > 2 * ranked[1]["value"]
 
 
-def test_vectorised_per_sample_gradients_equal_one_at_a_time_autograd():
+def normed() -> torch.nn.Module:
+    """Conv → InstanceNorm → PReLU → Conv, as MONAI's UNet blocks: torch.func's batched Jacobian of a parameter
+    upstream of an instance norm needs care (vmap over jacrev's own vmap fails there)."""
+    return torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3, padding=1), torch.nn.InstanceNorm3d(4, affine=True), torch.nn.PReLU(),
+                               torch.nn.Conv3d(4, 2, 1))
+
+
+@pytest.mark.parametrize("make, names", [(Tiny, ["features.weight", "head.weight"]), (normed, ["0.weight", "1.weight", "3.weight"])])
+def test_vectorised_per_sample_gradients_equal_one_at_a_time_autograd(make, names):
     torch.manual_seed(1)
-    net = Tiny().eval()
+    net = make().eval()
     for p in net.parameters():
         p.requires_grad_(False)
     target = parse_target("1", LABELS, "softmax", 2)
-    grads = Gradients(net, ["features.weight", "head.weight"], target, batch_size=4)
+    grads = Gradients(net, names, target, batch_size=4)
     rng = np.random.default_rng(0)
     cases = [blob_case(int(rng.integers(2)), tuple(int(v) for v in rng.integers(0, 8, 3))) for _ in range(3)]
     xs = torch.from_numpy(np.stack([c[0] for c in cases])) + 0.1 * torch.rand(3, 2, *SHAPE)

@@ -267,13 +267,14 @@ def make_brain_case(seed: int, shape=(96, 112, 96), spacing: float = 2.0) -> Bra
     return BrainCase(images, labels, affine, list(CHANNELS), int(seed), info, tissue)
 
 
-def write_case(case: BrainCase, folder: str | Path) -> dict[str, Path]:
-    """One NIfTI per contrast (T1.nii.gz, ...) and labels.nii.gz; returns {"T1": path, ..., "labels": path}."""
+def write_case(case: BrainCase, folder: str | Path, suffix: str = ".nii.gz") -> dict[str, Path]:
+    """One NIfTI per contrast (T1.nii.gz, ...) and labels.nii.gz; returns {"T1": path, ..., "labels": path}.
+    `suffix` ".nii" writes uncompressed (much faster, for many cases)."""
     from ..volumes import Geometry, write_volume
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     geometry = Geometry(case.shape, case.affine)
-    paths = {name: write_volume(case.images[c], geometry, folder / f"{name}.nii.gz") for c, name in enumerate(case.channel_names)}
-    paths["labels"] = write_volume(case.labels, geometry, folder / "labels.nii.gz")
+    paths = {name: write_volume(case.images[c], geometry, folder / f"{name}{suffix}") for c, name in enumerate(case.channel_names)}
+    paths["labels"] = write_volume(case.labels, geometry, folder / f"labels{suffix}")
     return paths

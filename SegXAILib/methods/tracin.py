@@ -217,7 +217,9 @@ class Gradients:
             return out, out.detach()
 
         sel = {n: p.detach() for n, p in zip(self.names, self.params)}
-        jac, values = vmap(jacrev(losses, has_aux=True), in_dims=(None, 0, 0, 0))(sel, xs, refs, valids)
+        # chunk_size=1: one vector-Jacobian product per loss instead of a nested vmap, which torch's batching rule
+        # for instance norm gets wrong (a shape error for any parameter upstream of a norm)
+        jac, values = vmap(jacrev(losses, has_aux=True, chunk_size=1), in_dims=(None, 0, 0, 0))(sel, xs, refs, valids)
         return torch.cat([jac[n].flatten(2) for n in self.names], dim=2), values
 
     def looped(self, forward, crops: torch.Tensor, fuse, ref: torch.Tensor, valid: torch.Tensor, pid: torch.Tensor | None,
