@@ -30,6 +30,7 @@ test-heavy: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_contrast_shapley.py
 	$(BIN)/python benchmarks/bench_region_shap.py
+	$(BIN)/python benchmarks/bench_tracin.py
 
 clean:
 	rm -rf $(VENV) demo-output

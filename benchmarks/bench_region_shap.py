@@ -1,6 +1,6 @@
 """Region SHAP against the naive way, side by side in one process, at equal budget.
 
-    python benchmarks/bench_region_shap.py [--budget 32] [--players 64] [--skip-brats] [--json PATH]
+    python benchmarks/bench_region_shap.py [--budget 32] [--players 24] [--skip-brats] [--json PATH]
 
 1. Speed, on the brain demo case (shipped fold-0 model) and on a BraTS-sized case (4 × 240×240×155 at 1 mm,
    random-weight SegResNet, 96³ windows; ROI = the tumour box, and a focal 24 mm cube on the enhancing tumour): SegXAI's region SHAP (ROI-restricted windows, memoised window logits,
@@ -123,7 +123,8 @@ def accuracy(model, case, seed: int, budgets=(32, 64, 128, 256)) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=32)
-    parser.add_argument("--players", type=int, default=64)
+    parser.add_argument("--players", type=int, default=24, help="supervoxels wanted (SLIC may give a few more); keep them "
+                        "below the budget, as `segxai explain` requires")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-brats", action="store_true")
     parser.add_argument("--json")

@@ -75,14 +75,15 @@ def main() -> None:
         exact, projected = (runs[k]["scores"] for k in list(runs)[1:])
         ids = sorted(exact)
         rho = stats.spearmanr([exact[i] for i in ids], [projected[i] for i in ids])[0]
-        top = lambda s: set(sorted(s, key=lambda i: -s[i])[:10])
+        k = min(10, len(ids))
+        top = lambda s: set(sorted(s, key=lambda i: -s[i])[:k])
         overlap = len(top(exact) & top(projected))
         print(f"projection to {args.projection}: {runs[list(runs)[1]]['seconds'] / runs[list(runs)[2]]['seconds']:.2f}x the exact run's "
-              f"speed; Spearman rho with the exact scores {rho:.3f}; top-10 proponents shared {overlap}/10")
+              f"speed; Spearman rho with the exact scores {rho:.3f}; top-{k} proponents shared {overlap}/{k}")
         if args.json:
             Path(args.json).write_text(json.dumps({"cases": args.cases, "runs": {k: {kk: vv for kk, vv in v.items() if kk != "scores"}
                                                                                   for k, v in runs.items()},
-                                                   "spearman": rho, "top10_overlap": overlap}, indent=2))
+                                                   "spearman": rho, "top_k": k, "top_k_overlap": overlap}, indent=2))
 
 
 if __name__ == "__main__":
