@@ -95,3 +95,22 @@ def baseline_values(image: np.ndarray, kind: str) -> np.ndarray:
     if kind == "min":
         return image.reshape(image.shape[0], -1).min(1).reshape(-1, 1, 1, 1).astype(np.float32)
     raise InputError(f"Unknown baseline {kind!r}.", "Choose --baseline zero, mean or min.")
+
+
+def module_type(module: torch.nn.Module) -> str:
+    """The class name, also for TorchScript modules (which keep it as `original_name`)."""
+    return getattr(module, "original_name", type(module).__name__)
+
+
+def execution_order(named: dict[str, torch.nn.Module], names: list[str], probe) -> list[str]:
+    """`names` in the order their modules ran during `probe()` (one forward pass), each once: registration order is
+    not execution order (SegResNet registers its up-sampling convolutions after the blocks they feed)."""
+    order: list[str] = []
+    hooks = [named[n].register_forward_hook(lambda *_, n=n: order.append(n)) for n in names]
+    try:
+        with torch.no_grad():
+            probe()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list(dict.fromkeys(order))

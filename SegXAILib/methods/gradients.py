@@ -28,7 +28,7 @@ from ..players import support_box
 from ..progress import CancelToken, ProgressFn, no_progress
 from ..targets import Target, parse_target
 from ..values import value_function
-from .base import ExplainInputs, MethodResult, baseline_values, model_case
+from .base import ExplainInputs, MethodResult, baseline_values, execution_order, model_case, module_type
 from .contrast_shapley import _references
 from .region_shap import global_mask_players, map_players, region_maps, region_players
 
@@ -114,33 +114,20 @@ class FusedRoiOutput:
         return volume[(Ellipsis,) + cut]
 
 
-def _module_type(module: torch.nn.Module) -> str:
-    return getattr(module, "original_name", type(module).__name__)
-
-
 def gradcam_layer(module: torch.nn.Module, name: str | None, probe) -> tuple[str, torch.nn.Module]:
-    """The named layer, or by default the last Conv3d to run before the head (the only one, if just one); `probe()`
-    runs one forward pass, since registration order is not execution order (SegResNet registers its up-sampling
-    convolutions after the blocks they feed)."""
+    """The named layer, or by default the last Conv3d to run before the head (the only one, if just one), found by
+    running `probe()`."""
     if isinstance(module, torch.jit.ScriptModule):
         raise InputError("Grad-CAM needs a forward hook on a layer, which TorchScript modules do not take.",
                          "Use saliency or integrated-gradients, or give the model as a MONAI bundle or --factory with its state dict.")
     named = dict(module.named_modules())
-    convs = [n for n, m in named.items() if _module_type(m) in ("Conv3d", "ConvTranspose3d")]
+    convs = [n for n, m in named.items() if module_type(m) in ("Conv3d", "ConvTranspose3d")]
     if name is not None and name not in named:
         raise InputError(f"The model has no layer {name!r}.", f"Choose --gradcam-layer among its convolutions: {', '.join(convs[-8:])}.")
     if name is None:
         if not convs:
             raise InputError("The model has no Conv3d layer for Grad-CAM.", "Name a layer with --gradcam-layer.")
-        order: list[str] = []
-        hooks = [named[n].register_forward_hook(lambda *_, n=n: order.append(n)) for n in convs]
-        try:
-            with torch.no_grad():
-                probe()
-        finally:
-            for hook in hooks:
-                hook.remove()
-        order = list(dict.fromkeys(order))
+        order = execution_order(named, convs, probe)
         name = order[-2] if len(order) > 1 else order[-1]
     return name, named[name]
 

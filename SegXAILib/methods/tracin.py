@@ -43,7 +43,7 @@ from ..targets import Target, parse_target
 from ..training_data import TrainingCase, load_checkpoint_state, resolve_checkpoints, training_set
 from ..volumes import resample_to
 from ..windows import make_grid
-from .base import ExplainInputs, MethodResult, model_case
+from .base import ExplainInputs, MethodResult, execution_order, model_case, module_type
 
 NAME = "tracin"
 EPS = 1e-5
@@ -153,10 +153,6 @@ def patch_boxes(shape: tuple[int, ...], grid: int, start) -> list[list[list[int]
 
 
 # ----- parameters and gradients ------------------------------------------------------------------------------------
-def _module_type(module: torch.nn.Module) -> str:
-    return getattr(module, "original_name", type(module).__name__)
-
-
 def select_parameters(module: torch.nn.Module, layers: list[str] | None, probe=None) -> tuple[list[str], list[str]]:
     """(module names, parameter names): the named modules' parameters, or by default the last convolution to run
     (found with forward hooks during `probe()`; registration order for TorchScript)."""
@@ -164,24 +160,17 @@ def select_parameters(module: torch.nn.Module, layers: list[str] | None, probe=N
     if layers:
         unknown = [n for n in layers if n not in named]
         if unknown:
-            convs = [n for n, m in named.items() if _module_type(m) in ("Conv3d", "ConvTranspose3d")]
+            convs = [n for n, m in named.items() if module_type(m) in ("Conv3d", "ConvTranspose3d")]
             raise InputError(f"The model has no module named {', '.join(map(repr, unknown))}.",
                              f"Choose --tracin-layers among its modules, e.g. {', '.join(convs[-4:])} (see describe-model).")
         mods = list(layers)
     else:
-        convs = [n for n, m in named.items() if _module_type(m) in ("Conv3d", "ConvTranspose3d", "Conv2d", "Linear")
+        convs = [n for n, m in named.items() if module_type(m) in ("Conv3d", "ConvTranspose3d", "Conv2d", "Linear")
                  and any(True for _ in m.parameters(recurse=False))]
         if not convs:
             raise InputError("The model has no convolution whose parameters TracIn could use by default.", "Name modules with --tracin-layers.")
-        order: list[str] = []
-        if probe is not None and not isinstance(module, torch.jit.ScriptModule):
-            hooks = [named[n].register_forward_hook(lambda *_, n=n: order.append(n)) for n in convs]
-            try:
-                with torch.no_grad():
-                    probe()
-            finally:
-                for h in hooks:
-                    h.remove()
+        hookable = probe is not None and not isinstance(module, torch.jit.ScriptModule)
+        order = execution_order(named, convs, probe) if hookable else []
         mods = [order[-1] if order else convs[-1]]
     params = [f"{m}.{p}" if m else p for m in mods for p, _ in named[m].named_parameters()]
     if not params:
