@@ -63,28 +63,27 @@ def main() -> None:
         test = {"images": [str(paths[c]) for c in case.channel_names], "roi": str(roi)}
         _, made_s = timed(lambda: training_folder(work / "train", args.cases))
         print(f"{args.cases} training cases generated and written in {made_s:.0f} s (not counted below)")
-        runs = {}
+        runs = []
         for name, options in (("last convolution, exact", {}),
                               ("decoder tail, exact", {"layers": DECODER_TAIL, "projection_dim": 0}),
                               (f"decoder tail, projected to {args.projection}", {"layers": DECODER_TAIL, "projection_dim": args.projection})):
             result, seconds = tracin(work, test, work / "train", f"run{len(runs)}", **options)
-            runs[name] = {"seconds": seconds, "parameters": result["parameters"]["count"], "checkpoints": len(result["checkpoints"]),
-                          "scores": {e["id"]: e["score"] for e in result["influence"]}}
-            print(f"{name}: {runs[name]['parameters']} parameters × {runs[name]['checkpoints']} checkpoints, {args.cases} cases in "
+            runs.append({"name": name, "seconds": seconds, "parameters": result["parameters"]["count"],
+                         "checkpoints": len(result["checkpoints"]), "scores": {e["id"]: e["score"] for e in result["influence"]}})
+            print(f"{name}: {runs[-1]['parameters']} parameters × {runs[-1]['checkpoints']} checkpoints, {args.cases} cases in "
                   f"{seconds:.0f} s = {60 * args.cases / seconds:.0f} cases per minute")
-        exact, projected = (runs[k]["scores"] for k in list(runs)[1:])
-        ids = sorted(exact)
-        rho = stats.spearmanr([exact[i] for i in ids], [projected[i] for i in ids])[0]
-        k = min(10, len(ids))
-        top = lambda s: set(sorted(s, key=lambda i: -s[i])[:k])
+        exact, projected = runs[1], runs[2]
+        ids = sorted(exact["scores"])
+        rho = stats.spearmanr([exact["scores"][i] for i in ids], [projected["scores"][i] for i in ids])[0]
+        top_k = min(10, len(ids))
+        top = lambda run: set(sorted(ids, key=lambda i: -run["scores"][i])[:top_k])
         overlap = len(top(exact) & top(projected))
-        print(f"projection to {args.projection}: {runs[list(runs)[1]]['seconds'] / runs[list(runs)[2]]['seconds']:.2f}x the exact run's "
-              f"speed; Spearman rho with the exact scores {rho:.3f}; top-{k} proponents shared {overlap}/{k}")
+        print(f"projection to {args.projection}: {exact['seconds'] / projected['seconds']:.2f}x the exact run's speed; "
+              f"Spearman rho with the exact scores {rho:.3f}; top-{top_k} proponents shared {overlap}/{top_k}")
         if args.json:
-            Path(args.json).write_text(json.dumps({"cases": args.cases, "runs": {k: {kk: vv for kk, vv in v.items() if kk != "scores"}
-                                                                                  for k, v in runs.items()},
-                                                   "spearman": rho, "top_k": k, "top_k_overlap": overlap}, indent=2))
-
+            summary = [{key: value for key, value in run.items() if key != "scores"} for run in runs]
+            Path(args.json).write_text(json.dumps({"cases": args.cases, "runs": summary, "spearman": rho, "top_k": top_k,
+                                                   "top_k_overlap": overlap}, indent=2))
 
 if __name__ == "__main__":
     main()
