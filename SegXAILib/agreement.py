@@ -3,8 +3,11 @@
 Definitions (Ren et al. 2025, made exact here):
 - rank: per model, players ranked by Shapley value, 1 = most important; ties share the mean rank.
 - mean_rank, rank_variance: mean and population variance (ddof = 0) of a player's rank across models.
-- uncertainty: the mean rank variance over players; `normalised` divides by ((P − 1) / 2)², the largest
-  variance a rank in 1..P can have, so 0 = every fold ranks alike and 1 = folds as far apart as possible;
+- uncertainty: the mean rank variance over players; `normalised` divides by (P² − 1) / 12, the largest mean
+  (ddof = 0) variance P ranks can have: each fold's ranks are a permutation of 1..P, so the variances add up to
+  Σr² − Σ mean_rank² ≤ P(P+1)(2P+1)/6 − P((P+1)/2)² = P(P² − 1)/12, reached when every mean rank is (P+1)/2
+  (e.g. two folds in reverse order). 0 = every fold ranks alike, 1 = folds as far apart as possible (an odd number
+  of folds cannot always reach 1: three folds of two players top out at 8/9);
   `kendalls_w` is Kendall's coefficient of concordance of the fold rankings (1 = identical; None for one model).
 - agreement: Kendall's τ_b (and Spearman's ρ) between the mean Shapley values and the clinician's priority
   (P for the first-ranked contrast down to 1), over the contrasts the clinician ranked; `per_model_tau` the
@@ -35,7 +38,7 @@ def rank_uncertainty(per_model: np.ndarray) -> dict:
     m, p = r.shape
     variance = r.var(axis=0)
     mean_var = float(variance.mean())
-    max_var = ((p - 1) / 2) ** 2 if p > 1 else 1.0
+    max_var = (p ** 2 - 1) / 12 if p > 1 else 1.0   # see the module docstring; ddof = 0 as `variance`
     w = None
     if m > 1 and p > 1:
         totals = r.sum(axis=0)

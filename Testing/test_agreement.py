@@ -1,5 +1,7 @@
 """The exact definitions of rank uncertainty and clinician agreement (see SegXAILib/agreement.py)."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -34,3 +36,20 @@ def test_exact_shapley_known_game():
     v = (coalitions[:, :2].sum(1) ** 2).astype(float)
     assert np.allclose(exact_shapley(v, 3), [2, 2, 0])
     assert np.allclose(exact_shapley(np.stack([v, 2 * v], 1), 3)[:, 1], [4, 4, 0])
+
+
+@pytest.mark.parametrize("p", [2, 3, 4, 5])
+def test_normalised_uncertainty_spans_exactly_zero_to_one(p):
+    """Every ranking of the other folds against the first, for two folds and (P ≤ 4) three: the normalised
+    uncertainty stays in [0, 1], reaches 1 (the normaliser is the true maximum, not ((P − 1) / 2)², which capped
+    4 contrasts at 0.556) and 0 when the folds agree. Fixing the first fold loses nothing: renaming the players
+    leaves the mean rank variance as it is."""
+    perms = np.array(list(itertools.permutations(range(p))), float)   # values whose ranks are each permutation
+    folds = [(0, i) for i in range(len(perms))]
+    if p <= 4:
+        folds += [(0, i, j) for i, j in itertools.product(range(len(perms)), repeat=2)]
+    results = [rank_uncertainty(perms[list(f)]) for f in folds]
+    scores = [r["normalised"] for r in results]
+    assert min(scores) == 0.0 and max(scores) == pytest.approx(1.0) and max(scores) <= 1.0 + 1e-12
+    # the brute-force maximum of the raw mean (ddof = 0) rank variance is the normaliser itself
+    assert max(r["rank_variance_mean"] for r in results) == pytest.approx((p ** 2 - 1) / 12)
