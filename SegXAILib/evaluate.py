@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import faithfulness as fm
 from .errors import InputError
@@ -150,7 +151,6 @@ def _evaluate_model(doc, inputs, model, mc, box, kind, maps, value, steps, road_
         else:
             block["correlation"] = fm.faithfulness_correlation(game, units, samples, 0.25, corr_rng)
         timings["correlation_s"] = time.perf_counter() - t0
-    block["leakage"] = None if attribution is None else fm.leakage(attribution, box)
     block["evaluator"] = evaluator.stats.to_json()
     block["timings"] = {k: round(v, 3) for k, v in timings.items()}
     return block
@@ -184,12 +184,20 @@ def _sanity(doc: dict, inputs, kind: str, maps: dict, first, steps: int, seed: i
         reference = _player_values(doc)
         pick = lambda r: _player_values(r.result)
 
-    def explain(models) -> np.ndarray:
-        seed_everything(inputs.request.seed)
-        results = METHODS[doc["method"]](dataclasses.replace(inputs, models=models), no_progress, cancel)
+    def explain(models, replicate: int) -> np.ndarray:
+        request = dataclasses.replace(inputs.request, seed=inputs.request.seed + replicate)
+        seed_everything(request.seed)
+        results = METHODS[doc["method"]](dataclasses.replace(inputs, models=models, request=request), no_progress, cancel)
         return pick(next(r for r in results if r.target == doc["target_label"]))
 
-    return fm.cascading_randomisation(inputs.models, explain, reference, steps, seed)
+    image = first[0].prepared.image
+
+    def probe(model) -> None:
+        """One forward pass of a window of zeros: enough to see the order the layers run in."""
+        size = model.window.size or image.shape[1:]
+        model.forward(torch.zeros((1, image.shape[0], *size), device=inputs.device))
+
+    return fm.cascading_randomisation(inputs.models, explain, reference, steps, seed, probe)
 
 
 def _figures(evaluation: dict, folder: Path) -> dict:

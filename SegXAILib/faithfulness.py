@@ -1,4 +1,4 @@
-"""How far to trust an attribution: removal curves, ROAD, faithfulness correlation, off-target leakage, and the
+"""How far to trust an attribution: removal curves, ROAD, faithfulness correlation, and the
 cascading model-randomisation sanity check.
 
 Quantus is the catalogue, but it is built around classifiers on whole images; here the value is the run's value
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from typing import Callable
 
 import numpy as np
@@ -18,9 +19,11 @@ import torch
 from scipy import ndimage, sparse, stats
 
 from .errors import SegXAIError
+from .methods.base import execution_order
 
 Game = Callable[[np.ndarray], np.ndarray]   # bool (n, P) coalitions (True = present) → (n,) values
-SANITY_THRESHOLD = 0.5                       # the rank correlation must fall below this once every layer is random
+SANITY_THRESHOLD = 0.5   # |ρ| with the original must fall below this once every layer is random, and stay above it
+                         # when the intact model is re-explained under another seed (a random map rarely does: see docs)
 
 
 @dataclasses.dataclass
@@ -233,14 +236,6 @@ def faithfulness_correlation(game: Game, units: Units, samples: int, share: floa
             "subset_size": int(subsets.sum(1).max()), "attribution_sum": sums.tolist(), "value_drop": drops.tolist()}
 
 
-def leakage(attribution: np.ndarray, support: tuple[slice, ...]) -> float:
-    """Share of |attribution| outside the receptive-field support box (input there cannot reach the ROI)."""
-    outside = np.ones(attribution.shape, bool)
-    outside[support] = False
-    total = float(np.abs(attribution).sum())
-    return float(np.abs(attribution[outside]).sum()) / total if total > 0 else 0.0
-
-
 def parameterised_layers(module: torch.nn.Module) -> list[str]:
     """Modules holding parameters of their own, in registration order (TorchScript modules included)."""
     return [name for name, m in module.named_modules() if next(iter(m.parameters(recurse=False)), None) is not None]
@@ -267,20 +262,41 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(stats.spearmanr(a, b).statistic)
 
 
-def cascading_randomisation(models: list, explain: Callable[[list], np.ndarray], reference: np.ndarray, steps: int,
-                            seed: int = 0) -> dict:
-    """Adebayo et al. (2018): on deep copies, re-initialise parameterised layers from the output end, cumulatively,
-    and re-explain at up to `steps` depths. An explanation that depends on the model must lose its rank correlation
-    with the original; one that does not (an edge detector, the input image) keeps it — the check flags it."""
+def layer_order(module: torch.nn.Module, probe: Callable[[], object] | None) -> tuple[list[str], str]:
+    """Parameterised layers from the output end: the reverse of the order they ran in during `probe()` (registration
+    order is not execution order: SegResNet registers its up-sampling convolutions after the blocks they feed).
+    TorchScript modules take no hooks, and without a probe there is nothing to run: registration order, reversed."""
+    names = parameterised_layers(module)
+    if probe is None or isinstance(module, torch.jit.ScriptModule):
+        return names[::-1], "registration"
+    return execution_order(dict(module.named_modules()), names, probe)[::-1], "execution"
+
+
+def cascading_randomisation(models: list, explain: Callable[[list, int], np.ndarray], reference: np.ndarray, steps: int,
+                            seed: int = 0, probe: Callable[[object], object] | None = None) -> dict:
+    """Adebayo et al. (2018): on deep copies, re-initialise parameterised layers from the output end (in execution
+    order, found by running `probe(model)` once), cumulatively, and re-explain at up to `steps` depths.
+
+    `explain(models, replicate)` re-runs the method; replicate 0 with the result's own seed, 1 with another. Passing
+    needs both halves of the argument: the explanation must depend on the model (|ρ| with the original falls below
+    SANITY_THRESHOLD once every layer is random) and it must be reproducible on the intact model under another seed
+    (ρ ≥ SANITY_THRESHOLD) — otherwise a map of pure noise, which shares nothing with any other, would pass too.
+    An explainer that ignores the model (an edge detector, the input image) keeps ρ = 1 and is flagged."""
     with torch.no_grad():   # a TorchScript module deep-copied with autograd on gets non-leaf parameters
         copies = [copy.deepcopy(m) for m in models]
-    layers = [parameterised_layers(c.module)[::-1] for c in copies]
+    orders = [layer_order(c.module, None if probe is None else functools.partial(probe, c)) for c in copies]
+    layers = [names for names, _ in orders]
     depth = max(len(names) for names in layers)
     if depth == 0:
         return {"curve": [], "n_layers": 0, "passed": None, "note": "the model has no parameterised layer to randomise"}
+    try:
+        reproducibility = spearman(reference, explain(copies, 1))
+    except SegXAIError:
+        reproducibility = None
     generator = torch.Generator().manual_seed(seed)
     curve, done = [], 0
-    for k in np.unique(np.round(np.linspace(1, depth, min(depth, steps))).astype(int)):
+    points = min(depth, max(steps, 1))
+    for k in np.unique(np.round(np.linspace(depth / points, depth, points)).astype(int)):   # the last: every layer
         for c, names in zip(copies, layers):
             named = dict(c.module.named_modules())
             for name in names[done:k]:
@@ -288,10 +304,11 @@ def cascading_randomisation(models: list, explain: Callable[[list], np.ndarray],
         done = int(k)
         row = {"layers_randomised": done, "layer": layers[0][min(done, len(layers[0])) - 1]}
         try:
-            row["spearman"] = spearman(reference, explain(copies))
+            row["spearman"] = spearman(reference, explain(copies, 0))
         except SegXAIError as exc:  # e.g. a random model that predicts no target in the ROI leaves nothing to explain
             row.update(spearman=None, note=exc.problem)
         curve.append(row)
     final = curve[-1]["spearman"]
-    return {"curve": curve, "n_layers": depth, "final_spearman": final, "threshold": SANITY_THRESHOLD,
-            "passed": None if final is None else bool(abs(final) < SANITY_THRESHOLD)}
+    passed = None if final is None or reproducibility is None else bool(abs(final) < SANITY_THRESHOLD <= reproducibility)
+    return {"curve": curve, "n_layers": depth, "layer_order": orders[0][1], "reproducibility": reproducibility,
+            "final_spearman": final, "threshold": SANITY_THRESHOLD, "passed": passed}
