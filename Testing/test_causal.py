@@ -42,13 +42,16 @@ def test_unseen_region_has_ate_exactly_zero(case, intervention):
                              causal=CausalOptions(intervention=intervention, min_samples=3, max_samples=8, tolerance=1.0))
     result = read_result(run(request))
     ate = {p["name"]: p for p in result["players"]}
-    assert ate["far"]["value"] == 0.0 and ate["far"]["ci_low"] == ate["far"]["ci_high"] == 0.0
-    assert ate["evidence"]["value"] < 0  # replacing the evidence loses true positives
-    if intervention == "baseline":
+    assert ate["far"]["value"] == 0.0 and ate["evidence"]["value"] < 0  # replacing the evidence loses true positives
+    if intervention == "baseline":   # one deterministic sample: the effect is exact, not a zero-width "95 %" interval
         assert ate["evidence"]["n_samples"] == 1 and ate["evidence"]["value"] == -result["v_full"]
+        assert ate["far"]["ci_low"] == ate["far"]["ci_high"] == 0.0 and ate["far"]["interval"].startswith("exact")
     else:
-        assert ate["evidence"]["ci_low"] <= ate["evidence"]["value"] <= ate["evidence"]["ci_high"]
-        assert 3 <= ate["evidence"]["n_samples"] <= 8 and ate["far"]["n_samples"] == 3  # tight at once: no more samples
+        assert ate["evidence"]["ci_low"] < ate["evidence"]["value"] < ate["evidence"]["ci_high"]
+        assert ate["evidence"]["interval"] == "95% t-interval" and 3 <= ate["evidence"]["n_samples"] <= 8
+        # the far region's samples all agree (exactly 0): sampled on to the cap, then no interval, said plainly
+        assert ate["far"]["n_samples"] == 8 and ate["far"]["ci_low"] is None and ate["far"]["ci_high"] is None
+        assert ate["far"]["interval"].startswith("none: all 8 samples identical")
     assert result["global_mask"]["players"] == ["evidence"]
     attribution, _ = read_volume(case["dir"] / intervention / result["maps"]["attribution"])
     assert attribution[9, 11, 11] == pytest.approx(ate["evidence"]["value"])
@@ -77,3 +80,30 @@ def test_torchscript_components_are_refused(case):
                              causal=CausalOptions(intervention="baseline", components=["pool"]))
     with pytest.raises(ModelError, match="forward hooks"):
         run(request)
+
+
+class NaNWhenRemoved(torch.nn.Module):
+    """FarSight whose outputs turn infinite in any window where channel 0 (all ones in the case) is removed to 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = torch.nn.AvgPool3d(9, stride=1, padding=4, count_include_pad=True)
+
+    def forward(self, x):
+        fg = self.pool(x[:, 1:2]) * 50 - 1
+        return torch.cat([torch.zeros_like(fg), fg], 1) + torch.log(x[:, :1].amin(dim=(2, 3, 4), keepdim=True))
+
+
+def test_infinite_outputs_under_interventions_are_a_clear_error(case):
+    """Finite on the case, infinite once a region is replaced by the baseline: the run stops with the same ModelError
+    the other methods give (the shared check), naming the intervention, and writes nothing."""
+    intervention = "baseline"
+    model = save_torchscript(NaNWhenRemoved(), case["dir"] / "nan.pt", {"labels": {"bg": 0, "fg": 1}, "window": [16, 16, 16]})
+    out = case["dir"] / f"nan-{intervention}"
+    request = ExplainRequest(images=case["images"], models=[str(model)], out=str(out), targets=["1"], value="tp",
+                             roi_mask=case["roi"], method="causal", seed=1,
+                             region=RegionOptions(features="labels", labels=case["labels"], label_names={1: "evidence", 2: "far"}),
+                             causal=CausalOptions(intervention=intervention, min_samples=2, max_samples=2))
+    with pytest.raises(ModelError, match="NaN or infinite outputs under a causal intervention") as err:
+        run(request)
+    assert "--preprocess" in err.value.fix and not out.exists()

@@ -86,6 +86,14 @@ def model_case(model: LoadedModel, inputs: ExplainInputs) -> ModelCase:
     return ModelCase(prepared, roi, *(_to_model_grid(m, case, prepared) for m in (inputs.reference, inputs.ground_truth, inputs.labels)))
 
 
+def check_finite(logits: torch.Tensor, model_name: str, when: str = "on this case") -> torch.Tensor:
+    """The logits, if every one is finite: a NaN would otherwise flow silently into every Shapley value and Dice."""
+    if not torch.isfinite(logits).all():
+        raise ModelError(f"{model_name} gives NaN or infinite outputs {when}.",
+                         "Check the model and its preprocessing (--preprocess), and that the images hold no NaN or extreme values.")
+    return logits
+
+
 def baseline_values(image: np.ndarray, kind: str) -> np.ndarray:
     """What a removed channel is replaced by, per channel in model space: zero (the mean after z-scoring), mean or min."""
     if kind == "zero":

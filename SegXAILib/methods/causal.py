@@ -7,7 +7,10 @@ evaluator (only the windows holding that region re-run): by the removal baseline
 in-distribution by the same voxels of the case shifted by a random offset ("shift": real tissue from elsewhere in
 this case). ATE_r = mean over samples of v(do(X_r := x′)) − v(X); its 95 % t-interval comes from the samples.
 Sampling is adaptive: every region gets `min_samples`, then only regions whose interval is still wider than the
-tolerance get more, up to `max_samples` (PdCR screened with 3 then a fixed 50).
+tolerance get more, up to `max_samples` (PdCR screened with 3 then a fixed 50). Samples that all agree (common with
+hard Dice or TP) have a zero-width t-interval that says nothing about the next sample, so such a region keeps being
+sampled up to `max_samples`; if they still all agree, it reports no interval and says that the mean rests on n
+identical samples. The baseline intervention is one deterministic sample: its effect is exact.
 Components: each output channel (or the whole output) of the named modules is set to its spatial mean by a
 forward hook, and the change of the value function is that component's effect.
 """
@@ -23,7 +26,7 @@ from ..evaluator import Evaluator
 from ..progress import CancelToken, ProgressFn, check_cancel, no_progress
 from ..targets import parse_target
 from ..values import value_function
-from .base import ExplainInputs, MethodResult, baseline_values, model_case
+from .base import ExplainInputs, MethodResult, baseline_values, check_finite, model_case
 from .contrast_shapley import _references
 from .region_shap import global_mask_players, map_players, region_maps, region_players
 
@@ -39,6 +42,26 @@ def _interval(samples: np.ndarray, confidence: float) -> tuple[float, float, flo
     return mean, half, float(samples.size)
 
 
+def _settled(samples: list[float], options) -> bool:
+    """Enough samples for this region: a narrow interval from samples that do not all agree."""
+    s = np.array(samples)
+    return np.ptp(s) > 0 and _interval(s, options.confidence)[1] <= options.tolerance
+
+
+def _interval_entry(samples: np.ndarray, options) -> dict:
+    """The interval fields of a region: a t-interval, exact (deterministic intervention), or none (n identical samples)."""
+    mean, half, n = _interval(samples, options.confidence)
+    n = int(n)
+    if options.intervention == "baseline":
+        return {"ci_low": mean, "ci_high": mean, "n_samples": n, "interval": "exact: the baseline intervention is deterministic"}
+    if np.ptp(samples) == 0:
+        bound = 1 - (1 - options.confidence) ** (1 / n)   # Clopper-Pearson upper bound on P(a sample differs), 0 seen in n
+        return {"ci_low": None, "ci_high": None, "n_samples": n,
+                "interval": f"none: all {n} samples identical (ATE {mean:+.4g} each); a further sample differs with "
+                            f"probability below {bound:.2f} ({options.confidence:.0%}), by an unknown amount"}
+    return {"ci_low": mean - half, "ci_high": mean + half, "n_samples": n, "interval": f"{options.confidence:.0%} t-interval"}
+
+
 def _shifted(image: np.ndarray, rng: np.random.Generator, box: tuple[slice, ...]) -> np.ndarray:
     """The case moved by a random offset of up to half the support box per axis: real tissue from elsewhere."""
     offsets = [int(rng.integers(-(s.stop - s.start) // 2, (s.stop - s.start) // 2 + 1)) for s in box]
@@ -49,7 +72,7 @@ def region_effects(evaluator: Evaluator, value, players, image: np.ndarray, base
                    cancel: CancelToken | None) -> dict:
     """ATE samples per region: one region intervened on at a time, adaptively sampled."""
     n = players.n
-    y = value(evaluator.full_logits())
+    y = value(evaluator.full_logits())   # `value` checks every logit it reads is finite
     single = ~np.eye(n, dtype=bool)          # row r: every region present but r
     samples: list[list[float]] = [[] for _ in range(n)]
     active = np.arange(n)
@@ -64,7 +87,7 @@ def region_effects(evaluator: Evaluator, value, players, image: np.ndarray, base
         for r, v in zip(active, values):
             samples[r].append(float(v - y))
         if k + 1 >= options.min_samples:
-            active = np.array([r for r in active if _interval(np.array(samples[r]), options.confidence)[1] > options.tolerance], int)
+            active = np.array([r for r in active if not _settled(samples[r], options)], int)
             if active.size == 0:
                 break
     return {"y": y, "samples": samples}
@@ -126,10 +149,10 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
         baseline = baseline_values(mc.prepared.image, request.baseline)
         evaluator = Evaluator(model, mc.prepared.image, mc.roi, ids[None], players.n, baseline, inputs.device,
                               batch_size=request.batch_size, progress=progress, cancel=cancel)
-        full = evaluator.full_logits()
+        full = check_finite(evaluator.full_logits(), model.name)
         target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0])
         ref, = _references([target], full, mc.reference[mc.roi] if mc.reference is not None else None, request.value, model.name)
-        value = lambda z: vf(z, target, ref)
+        value = lambda z, model=model: vf(check_finite(z, model.name, "under a causal intervention"), target, ref)
         per_model.append(region_effects(evaluator, value, players, mc.prepared.image, baseline, options, request.seed + m, cancel))
         if options.components:
             components.append(component_effects(model, mc, value, options.components, options.component_unit, inputs.device,
@@ -141,13 +164,12 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
 def _result(inputs, target, players, first, per_model, components, stats_rows) -> MethodResult:
     request, options = inputs.request, inputs.request.causal
     pooled = [np.concatenate([np.array(e["samples"][r]) for e in per_model]) for r in range(players.n)]
-    intervals = [_interval(s, options.confidence) for s in pooled]
-    ate = np.array([i[0] for i in intervals])
+    ate = np.array([float(s.mean()) for s in pooled])
     voxel_ml = float(np.prod(first.prepared.geometry.spacing)) / 1000.0
     volumes = players.volumes()
-    entries = [{"id": r, "name": players.names[r], "value": ate[r], "ci_low": ate[r] - h, "ci_high": ate[r] + h, "n_samples": int(k),
+    entries = [{"id": r, "name": players.names[r], "value": ate[r], **_interval_entry(s, options),
                 "per_model": [float(np.mean(e["samples"][r])) for e in per_model], "volume_ml": float(volumes[r] * voxel_ml),
-                "organ_label": players.organ[r]} for r, (_, h, k) in enumerate(intervals)]
+                "organ_label": players.organ[r]} for r, s in enumerate(pooled)]
     # the global mask keeps the regions whose removal hurts most: the most negative effects
     chosen = global_mask_players(-ate, options.mask_share)
     y = float(np.mean([e["y"] for e in per_model]))

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 from ..agreement import agreement, clinician_ranking, rank_uncertainty
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from ..estimators import all_coalitions, exact_shapley
 from ..evaluator import Evaluator
 from ..progress import CancelToken, ProgressFn, no_progress
 from ..targets import Target, parse_target
 from ..values import dice, value_function
-from .base import ExplainInputs, MethodResult, baseline_values, model_case
+from .base import ExplainInputs, MethodResult, baseline_values, check_finite, model_case
 
 NAME = "contrast-shapley"
 # Value functions whose game means nothing when the reference holds no target voxel inside the ROI.
@@ -50,8 +50,7 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
                               baseline_values(mc.prepared.image, request.baseline), inputs.device,
                               batch_size=request.batch_size, progress=progress, cancel=cancel)
         full = evaluator.full_logits()
-        if not torch.isfinite(full).all():
-            raise ModelError(f"{model.name} gives NaN or infinite outputs on this case.", "Check the model and its preprocessing (--preprocess).")
+        check_finite(full, model.name)
         targets = [parse_target(t, model.labels, model.activation, full.shape[0]) for t in request.targets]
         ref_labels = mc.reference[mc.roi] if mc.reference is not None else None
         refs = _references(targets, full, ref_labels, request.value, model.name)

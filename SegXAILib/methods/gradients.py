@@ -28,7 +28,7 @@ from ..players import support_box
 from ..progress import CancelToken, ProgressFn, no_progress
 from ..targets import Target, parse_target
 from ..values import value_function
-from .base import ExplainInputs, MethodResult, baseline_values, execution_order, model_case, module_type
+from .base import ExplainInputs, MethodResult, baseline_values, check_finite, execution_order, model_case, module_type
 from .contrast_shapley import _references
 from .region_shap import global_mask_players, map_players, region_maps, region_players
 
@@ -194,8 +194,7 @@ def value_game(inputs: ExplainInputs, model, mc, ids: np.ndarray, n: int, value:
     evaluator = Evaluator(model, mc.prepared.image, mc.roi, ids, n, baseline_values(mc.prepared.image, request.baseline),
                           inputs.device, batch_size=request.batch_size, progress=progress, cancel=cancel)
     full = evaluator.full_logits()
-    if not torch.isfinite(full).all():
-        raise ModelError(f"{model.name} gives NaN or infinite outputs on this case.", "Check the model and its preprocessing.")
+    check_finite(full, model.name)
     target = parse_target(target_spec, model.labels, model.activation, full.shape[0])
     if value in VALUES:
         return evaluator, target, functools.partial(VALUES[value], target=target, ref=None)

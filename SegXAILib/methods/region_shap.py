@@ -12,9 +12,8 @@ that hold `mask_share` of the positive attribution).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from ..estimators import estimate_shapley
 from ..evaluator import Evaluator
 from ..players import build_players, support_box
@@ -23,7 +22,7 @@ from ..targets import parse_target
 from ..values import value_function
 from ..volumes import resample_to
 from ..windows import make_grid
-from .base import ExplainInputs, MethodResult, baseline_values, model_case
+from .base import ExplainInputs, MethodResult, baseline_values, check_finite, model_case
 from .contrast_shapley import _references
 
 NAME = "region-shap"
@@ -92,8 +91,7 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
                               baseline_values(mc.prepared.image, request.baseline), inputs.device,
                               batch_size=request.batch_size, progress=progress, cancel=cancel)
         full = evaluator.full_logits()
-        if not torch.isfinite(full).all():
-            raise ModelError(f"{model.name} gives NaN or infinite outputs on this case.", "Check the model and its preprocessing.")
+        check_finite(full, model.name)
         target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0])
         ref_labels = mc.reference[mc.roi] if mc.reference is not None else None
         ref, = _references([target], full, ref_labels, request.value, model.name)

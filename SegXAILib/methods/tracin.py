@@ -43,7 +43,7 @@ from ..targets import Target, parse_target
 from ..training_data import TrainingCase, load_checkpoint_state, resolve_checkpoints, training_set
 from ..volumes import resample_to
 from ..windows import make_grid
-from .base import ExplainInputs, MethodResult, execution_order, model_case, module_type
+from .base import ExplainInputs, MethodResult, check_finite, execution_order, model_case, module_type
 
 NAME = "tracin"
 EPS = 1e-5
@@ -318,8 +318,7 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
         with torch.no_grad():
             z = torch.cat([forward(plan.crops[a:a + batch]) for a in range(0, plan.crops.shape[0], batch)])
             full = plan.fuse(z.float())
-        if not torch.isfinite(full).all():
-            raise ModelError(f"{model.name} gives NaN or infinite outputs on this case.", "Check the model and its preprocessing.")
+        check_finite(full, model.name)
         target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0])
         if mc.reference is not None:
             ref = torch.from_numpy(target.in_reference(mc.reference[mc.roi])).to(dev)
