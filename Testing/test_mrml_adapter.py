@@ -270,9 +270,11 @@ def test_result_folder_becomes_nodes_under_one_folder(scene, tmp_path):
     with pytest.raises(KeyError):  # not reported by this method: no column rather than an invented one
         mrml.table_column(table, "mean_rank")
 
-    # chart: bar series of the mean and one per fold, all reading the table
+    # chart: bar series of the mean and one per fold, all reading the table, then the error interval as markers
     chart = run.nodes["chart"]
-    assert chart.GetNumberOfPlotSeriesNodes() == 4
+    assert chart.GetNumberOfPlotSeriesNodes() == 6
+    assert [chart.GetNthPlotSeriesNode(i).GetYColumnName() for i in (4, 5)] == ["value - error", "value + error"]
+    assert mrml.table_column(table, "result")[0] == f"{players[result['ranking'][0]]['value']:.4g} ± 0.01"
     ys = [chart.GetNthPlotSeriesNode(i).GetYColumnName() for i in range(4)]
     assert ys == ["value", "fold 0", "fold 1", "fold 2"]
     for i in range(4):
@@ -372,7 +374,7 @@ def test_mrb_round_trip_keeps_nodes_hierarchy_and_parameters(scene, tmp_path):
     assert mrml.table_column(nodes["table"], "player") == result["ranking"]
     # (the table file keeps 6 significant digits; the parameters node keeps result.json exactly)
     assert mrml.table_column(nodes["table"], "value") == pytest.approx(mrml.table_column(run.nodes["table"], "value"), rel=1e-5)
-    assert nodes["chart"].GetNumberOfPlotSeriesNodes() == 4
+    assert nodes["chart"].GetNumberOfPlotSeriesNodes() == 6  # mean, three folds, the error interval
     # the attribution volume: voxels, geometry and display
     values, where = mrml.array_from_volume(nodes["attribution"])
     assert np.allclose(values, attribution_before[0]) and np.allclose(where.affine, attribution_before[1].affine, atol=1e-5)
