@@ -90,7 +90,13 @@ def test_engine_starts_without_a_console_window_on_windows(monkeypatch):
         seen.update(kwargs)
         raise OSError("recorded")
 
-    monkeypatch.setattr(runner_module.os, "name", "nt")
+    class WindowsOs:  # the runner's view of `os` only: pathlib and pytest keep the real one
+        name = "nt"
+
+        def __getattr__(self, attribute):
+            return getattr(runner_module.os, attribute)
+
+    monkeypatch.setattr(runner_module, "os", WindowsOs())
     monkeypatch.setattr(runner_module.subprocess, "Popen", popen)
     runner = runner_module.EngineRunner(["PythonSlicer", "-m", "SegXAILib.cli"]).start()
     assert runner.state == runner_module.RunState.FAILED
