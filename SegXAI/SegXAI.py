@@ -99,13 +99,13 @@ class SegXAI(ScriptedLoadableModule):
             "SegXAI uses PyTorch (through the PyTorch extension), MONAI (bundles, sliding-window inference), nnU-Net v2 "
             "(results folders), shapiq (Shapley estimators), SciPy, scikit-image (supervoxels), NumPy, nibabel and "
             "pynrrd, and 3D Slicer's MRML, Segmentations, Tables and Plots.")
-        slicer.app.connect("startupCompleted()", lambda: registerSampleData(self.resourcePath("Icons/SegXAI.png")))
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
-def registerSampleData(thumbnail: str = None) -> None:
+def registerSampleData() -> None:
     """The demo case in Sample Data (category SegXAI); skipped quietly where SampleData is not loaded."""
     try:
-        sampledata.register(thumbnail)
+        sampledata.register(str(Path(__file__).resolve().parent / "Resources" / "Icons" / "SegXAI.png"))
     except ImportError:
         logging.info("SegXAI: the SampleData module is not loaded; the demo case is not registered.")
 
@@ -314,7 +314,8 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.start()
 
     def _onDescribed(self) -> None:
-        p, path = self._parameterNode, (self._parameterNode.modelPaths() or [""])[0] if self._parameterNode else ""
+        p = self._parameterNode
+        path = p.modelPaths()[0] if p is not None and p.modelPaths() else ""
         if not path:
             return
         if path in self.runs.description_errors:

@@ -328,6 +328,7 @@ def test_module_logic_runs_the_engine_and_fills_the_scene(segxai_module, blob_ca
     assert request["model_options"]["channels"] == ["A", "B", "C"]
     assert Path(request["images"][0]).parent.name.endswith("-inputs")
     assert run.nodes["chart"].GetNumberOfPlotSeriesNodes() == 3  # mean + two folds
+    assert m.selftest.check_run(run, ["A", "B", "C"]) == []  # the self-test's check, on a real engine result
     m.SegXAILogic.showRun(run)  # no Plots module headless: a no-op, not an error
 
     # the next run gets a new folder: results are never overwritten

@@ -62,11 +62,10 @@ def write_result_folder(scene, folder: str | Path, volume_node, values: dict[str
 
 
 def check_run(run, players: list[str]) -> list[str]:
-    """What is wrong with a loaded run's overlay, table and chart ([] when nothing)."""
-    problems = []
-    for role in ("parameters", "table", "chart", "attribution"):
-        if role not in run.nodes:
-            problems.append(f"no {role} node")
+    """What is wrong with a loaded run's overlay, table and chart ([] when nothing). The overlay is the attribution
+    map where the result has one (region methods, the self-test's folders), else the regions segmentation."""
+    overlay = "attribution" if "attribution" in (run.result.get("maps") or {}) else "segmentation"
+    problems = [f"no {role} node" for role in ("parameters", "table", "chart", overlay) if role not in run.nodes]
     if problems:
         return problems
     names = mrml_adapter.table_column(run.nodes["table"], "player")
@@ -76,9 +75,10 @@ def check_run(run, players: list[str]) -> list[str]:
         problems.append("table rows are not in ranking order")
     if run.nodes["chart"].GetNumberOfPlotSeriesNodes() < 1:
         problems.append("the chart has no series")
-    display = run.nodes["attribution"].GetDisplayNode()
-    if display is None or display.GetAutoWindowLevel():
+    if overlay == "attribution" and run.nodes["attribution"].GetDisplayNode().GetAutoWindowLevel():
         problems.append("the overlay has no fixed symmetric range")
+    if overlay == "segmentation" and run.nodes["segmentation"].GetSegmentation().GetNumberOfSegments() == 0:
+        problems.append("the regions segmentation is empty")
     return problems
 
 
