@@ -45,7 +45,7 @@ _importLib()
 # Only the light parts of SegXAILib are imported with the module: numpy, vtk and MRML, never torch or the engine.
 from SegXAILib import mrml_adapter  # noqa: E402
 from SegXAILib.runner import EngineRunner, RunState, engine_environment, explain_argv  # noqa: E402
-from SegXAIPanel import install, requests, sampledata, selftest  # noqa: E402
+from SegXAIPanel import install, panelstate, requests, sampledata, selftest  # noqa: E402
 from SegXAIPanel.runs import PanelRuns  # noqa: E402
 from SegXAIPanel.trust import TrustStore  # noqa: E402
 
@@ -246,22 +246,19 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelsListWidget.clear()
             self.ui.modelsListWidget.addItems(p.modelPaths())
         names = [n.strip() for n in p.channelNames.split(",")] if p.channelNames else []
-        chosen = [getattr(p, f"image{c}") is not None for c in range(MAX_CHANNELS)]
-        for c in range(MAX_CHANNELS):
-            # known channels: one row each; unknown: the rows filled so far plus one empty row
-            visible = c < len(names) if names else (c == 0 or chosen[c] or chosen[c - 1])
+        rows = panelstate.channel_rows(names, [getattr(p, f"image{c}") is not None for c in range(MAX_CHANNELS)])
+        for c, (visible, label) in enumerate(rows):
             getattr(self.ui, f"channelLabel{c}").setVisible(visible)
             getattr(self.ui, f"image{c}Selector").setVisible(visible)
-            getattr(self.ui, f"channelLabel{c}").setText(f"{names[c]}:" if c < len(names) else _("Channel {n}:").format(n=c + 1))
-        labels = json.loads(p.modelLabels) if p.modelLabels else {}
-        wanted = [str(k) for k, v in labels.items() if int(v) > 0] + (["WT", "TC", "ET"] if {"1", "2", "3"} <= {str(v) for v in labels.values()} else [])
+            getattr(self.ui, f"channelLabel{c}").setText(label or _("Channel {n}:").format(n=c + 1))
+        wanted = panelstate.target_choices(json.loads(p.modelLabels) if p.modelLabels else {})
         current = [self.ui.targetComboBox.itemText(i) for i in range(self.ui.targetComboBox.count)]
         if wanted != current:
-            with _noSignals(self.ui.targetComboBox):
+            with panelstate.NoSignals(self.ui.targetComboBox):
                 self.ui.targetComboBox.clear()
                 self.ui.targetComboBox.addItems(wanted)
         if self.ui.targetComboBox.currentText != p.target:
-            with _noSignals(self.ui.targetComboBox):
+            with panelstate.NoSignals(self.ui.targetComboBox):
                 self.ui.targetComboBox.setEditText(p.target)
         # each method shows only its own options
         self.ui.contrastOptionsGroupBox.setVisible(p.method == Method.CONTRAST_SHAPLEY)
@@ -394,7 +391,7 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setRange(0, 1000)
             self.ui.progressBar.setValue(int(1000 * fraction))
             eta = runner.eta_s
-            left = "" if eta is None else _(" — about {t} left").format(t=_duration(eta))
+            left = "" if eta is None else _(" — about {t} left").format(t=panelstate.duration(eta))
             self.ui.progressBar.setFormat(f"{runner.stage} {runner.done_units}/{runner.total_units}{left}")
             self.ui.statusLabel.text = self.runs.status or runner.stage
         if not runner.state.finished:
@@ -407,7 +404,7 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._parameterNode is not None:
                 self._parameterNode.lastResult = str(runner.out_dir)
             self.logic.showRun(self.runs.runs[0] if self.runs.runs else None)
-            self.ui.statusLabel.text = _("Done in {t}: {n} result(s) loaded.").format(t=_duration(runner.elapsed_s), n=len(self.runs.runs))
+            self.ui.statusLabel.text = _("Done in {t}: {n} result(s) loaded.").format(t=panelstate.duration(runner.elapsed_s), n=len(self.runs.runs))
         elif runner.state == RunState.CANCELLED:
             self.ui.statusLabel.text = self.runs.status or _("Cancelled; nothing was written.")
         else:
@@ -421,24 +418,6 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(_("The result could not be loaded."), waitCursor=True):
                 runs = self.logic.loadResult(path, background=self._parameterNode.image0, topK=self._parameterNode.topK)
                 self.logic.showRun(runs[0] if runs else None)
-
-
-class _noSignals:
-    """Blocks a widget's signals for the duration of a with-block."""
-
-    def __init__(self, widget):
-        self.widget = widget
-
-    def __enter__(self):
-        self.previous = self.widget.blockSignals(True)
-
-    def __exit__(self, *exc):
-        self.widget.blockSignals(self.previous)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 #
@@ -638,31 +617,19 @@ class SegXAITest(ScriptedLoadableModuleTest):
 
     def test_ContrastShapleyThroughTheLogic(self):
         self.delayDisplay("SegXAI: contrast Shapley through the module logic (exact values known)")
-        from SegXAILib.volumes import Geometry
-
         folder = Path(slicer.app.temporaryPath) / "SegXAITest-known"
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        images, affine, models, channels, target, expected = selftest.known_case(folder)
-        geometry = Geometry(tuple(images[0].shape), affine)
         logic = SegXAILogic()
         p = logic.getParameterNode()
-        for c, (name, array) in enumerate(zip(channels, images)):
-            setattr(p, f"image{c}", mrml_adapter.add_volume(slicer.mrmlScene, array, geometry, name))
-        p.models = "\n".join(models + models)  # two "folds": the spread across folds is zero, the table has fold columns
-        p.channelNames, p.target, p.device = ",".join(channels), target, "cpu"
+        models, channels, expected = selftest.set_known_case(slicer.mrmlScene, p, folder)
         p.method, p.value = Method.CONTRAST_SHAPLEY, ValueFunction.DICE
-        p.outputFolder = folder / "results"
-        corner = (affine @ [0, 0, 0, 1])[:3]
-        far = (affine @ [*(s - 1 for s in geometry.shape), 1])[:3]
-        p.roi = mrml_adapter.add_roi_node(slicer.mrmlScene, corner + 0.2 * (far - corner), corner + 0.8 * (far - corner))
         run = logic.run(p, timeout=900)[0]
         self.assertEqual(selftest.check_run(run, channels), [])
         values = dict(zip(mrml_adapter.table_column(run.nodes["table"], "player"), mrml_adapter.table_column(run.nodes["table"], "value")))
         for name, value in expected.items():
             self.assertAlmostEqual(values[name], value, places=5)
         self.assertEqual(run.nodes["chart"].GetNumberOfPlotSeriesNodes(), 3)  # mean + one per fold
-        self.assertEqual(run.parameters()["request"]["models"], models + models)
+        self.assertEqual(run.parameters()["request"]["models"], models)
 
     def test_SampleDataContrastShapley(self):
         """As a first-time user: the Sample Data demo case, one demo fold, a short contrast Shapley around the tumour."""

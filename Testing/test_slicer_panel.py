@@ -323,3 +323,21 @@ def test_self_test_runs_something_real_without_packages(panel, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["done", "1", "[]", "1"], done.stdout
     assert panel.selftest.engine_packages_missing() == []  # here the engine part of the self-test would run too
+
+
+def test_self_test_engine_step_here(panel, tmp_path):
+    """The self-test's engine step (with packages installed) on a slicer-core scene: the known case through the
+    module logic, exact values (½, ½, 0) and the self-test's own check of the nodes."""
+    from SegXAILib import mrml_adapter as mrml
+
+    m = panel.module
+    scene = mrml.new_scene(tmp_path / "cache")
+    logic = m.SegXAILogic(scene=scene)
+    p = logic.getParameterNode()
+    models, channels, expected = panel.selftest.set_known_case(scene, p, tmp_path / "known")
+    p.method, p.value = m.Method.CONTRAST_SHAPLEY, m.ValueFunction.DICE
+    run = logic.run(p, timeout=300)[0]
+    assert panel.selftest.check_run(run, channels) == []
+    values = dict(zip(mrml.table_column(run.nodes["table"], "player"), mrml.table_column(run.nodes["table"], "value")))
+    assert values == pytest.approx(expected, abs=1e-5)
+    assert run.parameters()["request"]["models"] == models and len(models) == 2

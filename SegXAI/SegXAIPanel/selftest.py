@@ -114,3 +114,22 @@ def known_case(folder: Path):
     noise = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     return [2 * blob, 2 * blob, noise], np.diag([1.5, 1.5, 2.0, 1.0]), [str(path)], ["A", "B", "C"], "blob", \
         {"A": 0.5, "B": 0.5, "C": 0.0}
+
+
+def set_known_case(scene, p, folder: Path):
+    """The known case in `scene` and in the parameter node `p` (two identical "folds", so the table has fold columns
+    and the spread is zero); returns (models, channels, expected values)."""
+    from SegXAILib.volumes import Geometry
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images, affine, models, channels, target, expected = known_case(folder)
+    geometry = Geometry(tuple(images[0].shape), affine)
+    for c, (name, array) in enumerate(zip(channels, images)):
+        setattr(p, f"image{c}", mrml_adapter.add_volume(scene, array, geometry, name))
+    p.models = "\n".join(models + models)
+    p.channelNames, p.target, p.device = ",".join(channels), target, "cpu"
+    p.outputFolder = folder / "results"
+    corner = (affine @ [0, 0, 0, 1])[:3]
+    far = (affine @ [*(s - 1 for s in geometry.shape), 1])[:3]
+    p.roi = mrml_adapter.add_roi_node(scene, corner + 0.2 * (far - corner), corner + 0.8 * (far - corner))
+    return models + models, channels, expected
