@@ -42,12 +42,20 @@ def _importLib():
 
 
 _importLib()
-# Only the light parts of SegXAILib are imported with the module: numpy, vtk and MRML, never torch or the engine.
-from SegXAILib import mrml_adapter  # noqa: E402
-from SegXAILib.runner import EngineRunner, RunState, engine_environment, explain_argv  # noqa: E402
-from SegXAIPanel import install, panelstate, requests, sampledata, selftest  # noqa: E402
-from SegXAIPanel.runs import PanelRuns  # noqa: E402
-from SegXAIPanel.trust import TrustStore  # noqa: E402
+from SegXAIPanel.install import check_python  # noqa: E402 (plain Python: runs on any Slicer)
+
+try:  # Slicer 5.8 ships Python 3.9: say which Slicer to install rather than fail on an import
+    check_python()
+    PYTHON_PROBLEM = ""
+except Exception as exc:
+    PYTHON_PROBLEM = str(exc)
+if not PYTHON_PROBLEM:
+    # Only the light parts of SegXAILib are imported with the module: numpy, vtk and MRML, never torch or the engine.
+    from SegXAILib import mrml_adapter
+    from SegXAILib.runner import EngineRunner, RunState, engine_environment, explain_argv
+    from SegXAIPanel import install, panelstate, requests, sampledata, selftest
+    from SegXAIPanel.runs import PanelRuns
+    from SegXAIPanel.trust import TrustStore
 
 MAX_CHANNELS = 6
 
@@ -99,7 +107,8 @@ class SegXAI(ScriptedLoadableModule):
             "SegXAI uses PyTorch (through the PyTorch extension), MONAI (bundles, sliding-window inference), nnU-Net v2 "
             "(results folders), shapiq (Shapley estimators), SciPy, scikit-image (supervoxels), NumPy, nibabel and "
             "pynrrd, and 3D Slicer's MRML, Segmentations, Tables and Plots.")
-        slicer.app.connect("startupCompleted()", registerSampleData)
+        if not PYTHON_PROBLEM:
+            slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 def registerSampleData() -> None:
@@ -174,6 +183,10 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if PYTHON_PROBLEM:
+            self.layout.addWidget(qt.QLabel(PYTHON_PROBLEM))
+            slicer.util.errorDisplay(PYTHON_PROBLEM, windowTitle=_("SegXAI"))
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SegXAI.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -204,7 +217,8 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if not PYTHON_PROBLEM:
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         if self._parameterNode:

@@ -195,6 +195,16 @@ def test_old_slicer_python_is_refused_with_the_version_to_install(panel):
         panel.install.check_python((3, 9, 13))
     assert "Slicer 5.12" in str(caught.value)
     panel.install.check_python((3, 12, 10))
+    # the check runs when the module loads, before anything that needs Python 3.10 is imported ...
+    tree = ast.parse(SOURCE.read_text())
+    guarded = next(n for n in tree.body if isinstance(n, ast.If) and "PYTHON_PROBLEM" in ast.unparse(n.test))
+    assert "SegXAILib.runner" in ast.unparse(guarded) and "SegXAIPanel.runs" in ast.unparse(guarded)
+    checked = next(i for i, n in enumerate(tree.body) if isinstance(n, ast.Try) and "check_python()" in ast.unparse(n))
+    assert checked < tree.body.index(guarded)
+    # ... and install.py itself loads with the standard library and SegXAILib.errors only (packaging comes later)
+    top = [n for n in ast.parse((PANEL / "install.py").read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    modules = {(n.module if isinstance(n, ast.ImportFrom) else n.names[0].name).split(".")[0] for n in top}
+    assert modules <= {"__future__", "dataclasses", "importlib", "sys", "pathlib", "typing", "SegXAILib"}, modules
 
 
 def test_nnunet_results_folder_asks_for_nnunetv2(panel, tmp_path):

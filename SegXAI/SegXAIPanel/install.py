@@ -4,6 +4,9 @@ torch comes only from the PyTorch extension (PyTorchUtils, the right CUDA build 
 for monai or nnunetv2 would "upgrade" it to a generic wheel whenever their torch floor is not met, so torch is
 skipped (Slicer ≥ 5.12 `pip_ensure(skip_packages=...)`) or pinned to the installed version by a constraints file
 (older Slicer), and a torch that is too old is offered as an upgrade through PyTorchUtils instead.
+
+`check_python` must run on any Slicer, Python 3.9 included: this module imports only the standard library and
+SegXAILib.errors at load, and `packaging` where a plan is made.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ import importlib.metadata as metadata
 import sys
 from pathlib import Path
 
-from packaging.requirements import Requirement
-from packaging.specifiers import SpecifierSet
-from packaging.version import Version
+from typing import TYPE_CHECKING
 
 from SegXAILib.errors import InputError
+
+if TYPE_CHECKING:
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
 
 MIN_PYTHON = (3, 10)
 SLICER_FOR_PYTHON = "Slicer 5.12 or later (it ships Python 3.12)"
@@ -39,11 +45,15 @@ def check_python(version_info=sys.version_info) -> None:
 
 
 def load_requirements(path: str | Path) -> list[Requirement]:
+    from packaging.requirements import Requirement
+
     lines = (line.split("#")[0].strip() for line in Path(path).read_text().splitlines())
     return [Requirement(line) for line in lines if line]
 
 
 def installed_version(name: str) -> Version | None:
+    from packaging.version import Version
+
     try:
         return Version(metadata.version(name))
     except metadata.PackageNotFoundError:
@@ -52,6 +62,9 @@ def installed_version(name: str) -> Version | None:
 
 def torch_requirement() -> SpecifierSet:
     """What torch must satisfy: the engine's floor and monai's (from monai's metadata when installed)."""
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
     spec = SpecifierSet(ENGINE_TORCH)
     monai_torch = None
     if installed_version("monai") is not None:
@@ -84,6 +97,9 @@ class InstallPlan:
 
 def plan(requirements: list[Requirement], extra: list[str] = ()) -> InstallPlan:
     """`extra`: more requirements for this run (nnunetv2 when an nnU-Net results folder is used)."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
     wanted = [r for r in [*requirements, *map(Requirement, extra)] if r.name.lower() not in SKIPPED]
     torch = installed_version("torch")
     return InstallPlan(wanted, torch.release and Version(".".join(map(str, torch.release))) if torch else None,

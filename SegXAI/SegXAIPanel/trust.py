@@ -20,8 +20,11 @@ def model_digest(path: str | Path) -> str:
     digest = hashlib.sha256()
     for file in files:
         digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
+        file_digest = hashlib.sha256()
         with open(file, "rb") as stream:
-            digest.update(hashlib.file_digest(stream, "sha256").digest())
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                file_digest.update(block)
+        digest.update(file_digest.digest())
     return digest.hexdigest()
 
 
