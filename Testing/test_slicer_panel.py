@@ -351,3 +351,32 @@ def test_self_test_engine_step_here(panel, tmp_path):
     values = dict(zip(mrml.table_column(run.nodes["table"], "player"), mrml.table_column(run.nodes["table"], "value")))
     assert values == pytest.approx(expected, abs=1e-5)
     assert run.parameters()["request"]["models"] == models and len(models) == 2
+
+
+def test_final_result_over_several_targets_replaces_the_partial_run(panel, tmp_path):
+    from SegXAILib import mrml_adapter as mrml
+    from SegXAILib.result import write_result, write_results
+    from SegXAILib.runner import EngineRunner
+    from SegXAILib.volumes import Geometry
+
+    geometry = Geometry((6, 5, 4), np.eye(4))
+
+    def result(target, scale):
+        players = [{"name": n, "value": scale * v, "std": 0.0, "std_error": None} for n, v in (("T1", 0.2), ("T2", 0.6))]
+        return ({"method": "contrast-shapley", "value_function": "dice", "target_label": target, "players": players,
+                 "ranking": ["T2", "T1"]}, {"attribution": (np.full(geometry.shape, scale, np.float32), geometry)})
+
+    partial = write_result(tmp_path / "out-partial", *result("WT", 0.5))
+    final = write_results(tmp_path / "out", {"WT": result("WT", 1.0), "ET": result("ET", 2.0)})
+    scene = mrml.new_scene(tmp_path / "cache")
+    before = scene.GetNumberOfNodes()
+    runs = panel.runs.PanelRuns(scene, sys.executable)
+    runs.start(EngineRunner(panel.selftest.stand_in_engine_argv(final, [partial])).start())
+    _wait(runs)
+    assert runs.partials == 1 and [r.result["target_label"] for r in runs.runs] == ["WT", "ET"]
+    assert len(mrml.find_runs(scene)) == 2  # the two final targets; the partial run's nodes are gone
+    assert all(node.GetScene() is scene for run in runs.runs for node in run.nodes.values())
+    one = mrml.new_scene(tmp_path / "cache2")  # the same final folder loaded alone: as many nodes, nothing left over
+    count = one.GetNumberOfNodes()
+    mrml.load_results(one, final)
+    assert scene.GetNumberOfNodes() - before == one.GetNumberOfNodes() - count

@@ -107,10 +107,7 @@ class PanelRuns:
             self.runs = [mrml_adapter.refresh_result(self.run, out, background=self.background, top_k=self.top_k, show=True)]
         else:
             if self.run is not None:  # several targets: the final folders replace the partial run
-                for node in self.run.nodes.values():
-                    if node.GetScene() is not None and not node.IsA("vtkMRMLColorLegendDisplayNode"):
-                        self.scene.RemoveNode(node)
-                self.scene.GetSubjectHierarchyNode().RemoveItem(self.run.folder_item)
+                mrml_adapter.remove_run(self.run)
             self.runs = mrml_adapter.load_results(self.scene, out, background=self.background, top_k=self.top_k)
         self.run = None
 

@@ -16,7 +16,7 @@ from ._vtk import _safe, _to_matrix  # noqa: F401
 from .display import (ATTR_METHOD, ATTR_RANGE, ATTR_RESULT_DIR, ATTR_ROLE, ATTR_RUN, ATTR_TARGET, COLOR_NODE_NAME,
                       FOREGROUND_OPACITY, add_color_legend, add_volume, diverging_color_node, read_volume_node,
                       show_in_slice_views)
-from .result_out import LoadedRun, find_runs, load_result, load_results, refresh_result, table_column
+from .result_out import LoadedRun, find_runs, load_result, load_results, refresh_result, remove_run, table_column
 from .scene_in import (CaseFiles, add_roi_node, array_from_volume, bounding_box_ras, case_from_volumes,
                        labels_from_node, roi_box, roi_mask, target_label_values, volume_geometry, write_case_files)
 from .scenes import load_mrb, new_scene, save_mrb
@@ -26,6 +26,6 @@ __all__ = [
     "FOREGROUND_OPACITY", "CaseFiles", "LoadedRun", "add_color_legend", "add_roi_node", "add_volume",
     "array_from_volume", "bounding_box_ras", "case_from_volumes", "diverging_color_node", "find_runs",
     "labels_from_node", "load_mrb", "load_result", "load_results", "new_scene", "read_volume_node", "refresh_result",
-    "roi_box", "roi_mask", "save_mrb", "show_in_slice_views", "table_column", "target_label_values",
+    "remove_run", "roi_box", "roi_mask", "save_mrb", "show_in_slice_views", "table_column", "target_label_values",
     "volume_geometry", "write_case_files",
 ]

@@ -133,6 +133,23 @@ def refresh_result(run: LoadedRun, folder: str | Path, background=None, top_k: i
     return run
 
 
+def remove_run(run: LoadedRun) -> None:
+    """Takes a loaded run out of the scene: its nodes with their display and storage nodes, and its folder."""
+    scene = run.scene
+    doomed = []
+    for node in run.nodes.values():
+        doomed.append(node)
+        for n in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
+            doomed.append(node.GetNthDisplayNode(n))
+        if hasattr(node, "GetStorageNode"):
+            doomed.append(node.GetStorageNode())
+    for node in doomed:
+        if node is not None and node.GetScene() is scene:
+            scene.RemoveNode(node)
+    scene.GetSubjectHierarchyNode().RemoveItem(run.folder_item)
+    run.nodes.clear()
+
+
 def _fill(run: LoadedRun, folder: Path, result: dict, background, top_k: int, show: bool) -> None:
     scene = run.scene
     target = str(result.get("target_label", ""))
