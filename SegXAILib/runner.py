@@ -283,6 +283,7 @@ class EngineRunner:
             kwargs["start_new_session"] = True  # own process group: cancel() signals the whole group
         else:
             kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+            kwargs["startupinfo"] = hidden_window()
         self.started_at = time.monotonic()
         try:
             self._proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -453,6 +454,14 @@ class EngineRunner:
             return self.argv[self.argv.index(flag) + 1]
         except (ValueError, IndexError):
             return None
+
+
+def hidden_window():
+    """Windows: start the engine without a console window (what slicer.util.launchConsoleProcess does)."""
+    info = subprocess.STARTUPINFO()
+    info.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+    info.wShowWindow = subprocess.SW_HIDE
+    return info
 
 
 def _descendants(pid: int) -> list:

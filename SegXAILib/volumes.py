@@ -121,8 +121,11 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
     return data, Geometry(tuple(int(s) for s in data.shape[:3]), affine)
 
 
-def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
-    """Writes a 3D array in `geometry` as NIfTI (.nii.gz) or NRRD (.nrrd, LPS as Slicer writes it)."""
+def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path, compress: bool = True) -> Path:
+    """Writes a 3D array in `geometry` as NIfTI (.nii.gz) or NRRD (.nrrd, LPS as Slicer writes it).
+
+    `compress=False` writes a raw NRRD: for files read once right away (the Slicer panel's inputs).
+    """
     path = Path(path)
     if array.shape[:3] != tuple(geometry.shape):
         raise ValueError(f"array shape {array.shape} does not match geometry {geometry.shape}")
@@ -131,7 +134,7 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Pat
 
         lps = LPS_TO_RAS @ geometry.affine
         header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T, "space origin": lps[:3, 3],
-                  "kinds": ["domain"] * 3, "encoding": "gzip"}
+                  "kinds": ["domain"] * 3, "encoding": "gzip" if compress else "raw"}
         nrrd.write(str(path), np.ascontiguousarray(array), header)
     else:
         import nibabel as nib

@@ -270,9 +270,11 @@ def test_result_folder_becomes_nodes_under_one_folder(scene, tmp_path):
     with pytest.raises(KeyError):  # not reported by this method: no column rather than an invented one
         mrml.table_column(table, "mean_rank")
 
-    # chart: bar series of the mean and one per fold, all reading the table
+    # chart: bar series of the mean and one per fold, all reading the table, then the error interval as markers
     chart = run.nodes["chart"]
-    assert chart.GetNumberOfPlotSeriesNodes() == 4
+    assert chart.GetNumberOfPlotSeriesNodes() == 6
+    assert [chart.GetNthPlotSeriesNode(i).GetYColumnName() for i in (4, 5)] == ["value - error", "value + error"]
+    assert mrml.table_column(table, "result")[0] == f"{players[result['ranking'][0]]['value']:.4g} ± 0.01"
     ys = [chart.GetNthPlotSeriesNode(i).GetYColumnName() for i in range(4)]
     assert ys == ["value", "fold 0", "fold 1", "fold 2"]
     for i in range(4):
@@ -372,7 +374,7 @@ def test_mrb_round_trip_keeps_nodes_hierarchy_and_parameters(scene, tmp_path):
     assert mrml.table_column(nodes["table"], "player") == result["ranking"]
     # (the table file keeps 6 significant digits; the parameters node keeps result.json exactly)
     assert mrml.table_column(nodes["table"], "value") == pytest.approx(mrml.table_column(run.nodes["table"], "value"), rel=1e-5)
-    assert nodes["chart"].GetNumberOfPlotSeriesNodes() == 4
+    assert nodes["chart"].GetNumberOfPlotSeriesNodes() == 6  # mean, three folds, the error interval
     # the attribution volume: voxels, geometry and display
     values, where = mrml.array_from_volume(nodes["attribution"])
     assert np.allclose(values, attribution_before[0]) and np.allclose(where.affine, attribution_before[1].affine, atol=1e-5)
@@ -385,3 +387,124 @@ def test_mrb_round_trip_keeps_nodes_hierarchy_and_parameters(scene, tmp_path):
     folder = sh.GetItemParent(sh.GetItemByDataNode(nodes["table"]))
     assert sh.GetItemName(folder) == run.name and sh.GetItemAttribute(folder, mrml.ATTR_RUN) == run.run_id
     assert reloaded.GetFirstNodeByName("T1") is not None and image.GetName() == "T1"
+
+
+# ------------------------------------------------------------------------------------------------ issue 13
+def test_result_volumes_load_with_slicers_own_readers(tmp_path):
+    """A fresh Slicer has no nibabel or pynrrd: loading a result folder must not import them."""
+    import subprocess
+    import sys
+
+    out, result = _region_result(tmp_path, _straight())
+    code = ("import sys\n"
+            "for name in ('nibabel', 'nrrd'): sys.modules[name] = None  # as absent as in a fresh Slicer\n"
+            "import numpy as np\n"
+            "from SegXAILib import mrml_adapter as mrml\n"
+            f"scene = mrml.new_scene({str(tmp_path / 'cache')!r})\n"
+            f"run = mrml.load_result(scene, {str(out)!r})\n"
+            "values, geo = mrml.array_from_volume(run.nodes['attribution'])\n"
+            "print(repr(float(values[1, 0, 0])), repr(float(values[6, 0, 0])), geo.affine[0, 0], geo.affine[0, 3],\n"
+            "      run.nodes['players'].GetSegmentation().GetNumberOfSegments())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second, spacing, origin, segments = done.stdout.split()
+    assert float(first) == pytest.approx(0.40) and float(second) == pytest.approx(-0.25)  # players 0 and 1, as written
+    assert float(spacing) == pytest.approx(1.5) and float(origin) == pytest.approx(-15.0)
+    assert int(segments) == len(result["players"])
+
+
+def test_rotated_roi_memory_follows_the_roi_not_the_image(scene):
+    """A small rotated ROI in a big image: no full-grid index array in Slicer's process (~2.5 GB for a CT)."""
+    import tracemalloc
+
+    geo = Geometry((256, 256, 120), np.diag([0.8, 0.8, 1.5, 1.0]))
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.SetSize(30, 10, 12)
+    transform = vtk.vtkTransform()
+    transform.Translate(100, 100, 90)
+    transform.RotateZ(30)
+    roi.SetAndObserveObjectToNodeMatrix(transform.GetMatrix())
+    tracemalloc.start()
+    mask = mrml.roi_mask(roi, geo)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 3 * mask.nbytes  # the mask itself (7.9 MB) plus small change; the full grid needed ~470 MB
+    # the same voxels as testing every voxel centre of the image
+    ijk = np.argwhere(mask)
+    ras = ijk @ geo.affine[:3, :3].T + geo.affine[:3, 3]
+    local = (np.linalg.inv(mrml._vtk._to_array(roi.GetObjectToWorldMatrix())) @ np.c_[ras, np.ones(len(ras))].T)[:3]
+    assert np.all(np.abs(local) <= np.array([15, 5, 6])[:, None] + 1e-6)
+    expected = 30 * 10 * 12 / (0.8 * 0.8 * 1.5)
+    assert abs(len(ijk) - expected) < 0.2 * expected  # voxel centres at the thin box's faces
+
+
+def test_reading_a_segmentation_adds_no_representation_to_it(scene):
+    """A closed-surface reference is read through a copy: the user's segmentation keeps exactly what it had."""
+    geo = _straight((20, 20, 20))
+    geo = Geometry(geo.shape, np.diag([1.0, 1.0, 1.0, 1.0]))
+    sphere = vtk.vtkSphereSource()
+    sphere.SetCenter(10, 10, 10)
+    sphere.SetRadius(5)
+    sphere.SetThetaResolution(32)
+    sphere.SetPhiResolution(32)
+    sphere.Update()
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "surface reference")
+    seg.GetSegmentation().SetSourceRepresentationName("Closed surface")  # as a model imported as a segmentation
+    seg.AddSegmentFromClosedSurfaceRepresentation(sphere.GetOutput(), "tumour", [1.0, 0.0, 0.0])
+    segmentation = seg.GetSegmentation()
+    assert not segmentation.ContainsRepresentation("Binary labelmap")
+    labels = mrml.labels_from_node(seg, geo, {"tumour": 2})
+    assert not segmentation.ContainsRepresentation("Binary labelmap")  # nothing added to the user's node
+    assert set(np.unique(labels)) == {0, 2}
+    assert labels[10, 10, 10] == 2 and labels[0, 0, 0] == 0
+    assert abs((labels == 2).sum() - 4 / 3 * np.pi * 5 ** 3) < 0.25 * 4 / 3 * np.pi * 5 ** 3
+
+
+def test_case_inputs_are_written_uncompressed(scene, tmp_path):
+    """Inputs are written on Slicer's GUI thread: raw NRRD, not gzip (seconds per CT at level 9)."""
+    geo = _straight()
+    node = mrml.add_volume(scene, np.random.default_rng(0).normal(size=geo.shape).astype(np.float32), geo, "CT")
+    files = mrml.write_case_files(tmp_path / "in", [node], mrml.add_roi_node(scene, [-10, -5, -6], [2, 4, 8]))
+    header = open(files.images[0], "rb").read(1000).split(b"\n\n")[0].decode()
+    assert "encoding: raw" in header
+    assert np.array_equal(read_volume(files.images[0])[0], mrml.array_from_volume(node)[0])
+
+
+def test_partial_results_refresh_the_same_nodes_in_place(scene, tmp_path):
+    """Anytime results: each partial folder and then the final one update one run's nodes; no node is added."""
+    geo = _straight()
+    first, result = _region_result(tmp_path, geo, "partial")
+    run = mrml.load_result(scene, first)
+    ids = {role: node.GetID() for role, node in run.nodes.items()}
+    count = scene.GetNumberOfNodes()
+    final_result = json.loads(json.dumps(result))
+    for player in final_result["players"]:
+        player["value"] = player["value"] * 2
+        player["std_error"] = None
+    attribution = np.full(geo.shape, 0.7, np.float32)
+    final = write_result(tmp_path / "final", final_result, maps={"attribution": (attribution, geo)})
+    mrml.refresh_result(run, final)
+    assert {role: node.GetID() for role, node in run.nodes.items() if role in ids} == \
+        {role: i for role, i in ids.items() if not role.startswith("series") or role in ("series0", "series1", "series2", "series3")}
+    assert scene.GetNumberOfNodes() <= count  # the two error series went with the error; nothing new
+    assert np.allclose(mrml.array_from_volume(run.nodes["attribution"])[0], 0.7)
+    values = dict(zip(mrml.table_column(run.nodes["table"], "player"), mrml.table_column(run.nodes["table"], "value")))
+    assert values == pytest.approx({p["name"]: p["value"] for p in final_result["players"]})
+    assert run.nodes["attribution"].GetAttribute(mrml.ATTR_RESULT_DIR) == str(final.resolve())
+    assert json.loads(run.nodes["parameters"].GetText())["players"][0]["value"] == final_result["players"][0]["value"]
+
+
+def test_no_error_bar_when_std_error_is_null(scene, tmp_path):
+    geo = _straight()
+    out, result = _region_result(tmp_path, geo)
+    doc = json.loads((out / "result.json").read_text())
+    for player in doc["players"]:
+        player["std_error"] = None
+    (out / "result.json").write_text(json.dumps(doc))
+    run = mrml.load_result(scene, out)
+    table = run.nodes["table"]
+    names = [table.GetTable().GetColumnName(i) for i in range(table.GetTable().GetNumberOfColumns())]
+    assert not any("error" in n or "±" in n for n in names), names
+    assert not any("±" in cell for cell in mrml.table_column(table, "result"))
+    chart = run.nodes["chart"]
+    assert all("error" not in chart.GetNthPlotSeriesNode(i).GetYColumnName() for i in range(chart.GetNumberOfPlotSeriesNodes()))

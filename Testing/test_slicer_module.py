@@ -167,17 +167,16 @@ def test_every_shipped_file_is_listed_in_cmake():
     cmake = (MODULE / "CMakeLists.txt").read_text()
     assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest" in cmake
     top = (ROOT / "CMakeLists.txt").read_text()
-    assert 'EXTENSION_DEPENDS "PyTorch"' in top and "add_subdirectory(SegXAI)" in top
+    assert 'EXTENSION_DEPENDS "PyTorch NNUNet"' in top and "add_subdirectory(SegXAI)" in top
 
 
 def test_extension_metadata_and_requirements():
     entry = json.loads((ROOT / "ExtensionsIndex" / "SegXAI.json").read_text())
-    assert {"$schema", "category", "scm_url"} <= set(entry) and entry["build_dependencies"] == ["PyTorch"]
+    assert {"$schema", "category", "scm_url"} <= set(entry) and entry["build_dependencies"] == ["PyTorch", "NNUNet"]
     allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies", "dicom_support_rule",
                "build_subdirectory", "enabled", "tier"}
     assert set(entry) <= allowed
-    s4ext = dict(line.split(" ", 1) for line in (ROOT / "SegXAI.s4ext").read_text().splitlines() if line and not line.startswith("#"))
-    assert s4ext["depends"] == "PyTorch" and s4ext["category"] == entry["category"]
+    assert not (ROOT / "SegXAI.s4ext").exists(), "obsolete: CMake writes the .s4ext from CMakeLists.txt; the index reads the JSON"
     requirements = [line.strip() for line in (ROOT / "Resources" / "requirements.txt").read_text().splitlines()
                     if line.strip() and not line.startswith("#")]
     names = {re.split(r"[<>=!~ ]", r)[0].lower() for r in requirements}
@@ -329,6 +328,7 @@ def test_module_logic_runs_the_engine_and_fills_the_scene(segxai_module, blob_ca
     assert request["model_options"]["channels"] == ["A", "B", "C"]
     assert Path(request["images"][0]).parent.name.endswith("-inputs")
     assert run.nodes["chart"].GetNumberOfPlotSeriesNodes() == 3  # mean + two folds
+    assert m.selftest.check_run(run, ["A", "B", "C"]) == []  # the self-test's check, on a real engine result
     m.SegXAILogic.showRun(run)  # no Plots module headless: a no-op, not an error
 
     # the next run gets a new folder: results are never overwritten
