@@ -31,3 +31,9 @@ class Cancelled(SegXAIError):
 
     def __init__(self):
         super().__init__("The run was cancelled.", "")
+
+
+def brief(exc: BaseException, limit: int = 300) -> str:
+    """An exception from a library as one short line, for a message that must stay one paragraph."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -127,7 +127,7 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
         evaluator = Evaluator(model, mc.prepared.image, mc.roi, ids[None], players.n, baseline, inputs.device,
                               batch_size=request.batch_size, progress=progress, cancel=cancel)
         full = evaluator.full_logits()
-        target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0])
+        target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0], model.regions)
         ref, = _references([target], full, mc.reference[mc.roi] if mc.reference is not None else None, request.value, model.name)
         value = lambda z: vf(z, target, ref)
         per_model.append(region_effects(evaluator, value, players, mc.prepared.image, baseline, options, request.seed + m, cancel))

@@ -52,7 +52,7 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
         full = evaluator.full_logits()
         if not torch.isfinite(full).all():
             raise ModelError(f"{model.name} gives NaN or infinite outputs on this case.", "Check the model and its preprocessing (--preprocess).")
-        targets = [parse_target(t, model.labels, model.activation, full.shape[0]) for t in request.targets]
+        targets = [parse_target(t, model.labels, model.activation, full.shape[0], model.regions) for t in request.targets]
         ref_labels = mc.reference[mc.roi] if mc.reference is not None else None
         refs = _references(targets, full, ref_labels, request.value, model.name)
         values = evaluator.evaluate(coalitions, lambda z: [vf(z, t, r) for t, r in zip(targets, refs)], stage=stage)

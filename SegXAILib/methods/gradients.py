@@ -196,7 +196,7 @@ def value_game(inputs: ExplainInputs, model, mc, ids: np.ndarray, n: int, value:
     full = evaluator.full_logits()
     if not torch.isfinite(full).all():
         raise ModelError(f"{model.name} gives NaN or infinite outputs on this case.", "Check the model and its preprocessing.")
-    target = parse_target(target_spec, model.labels, model.activation, full.shape[0])
+    target = parse_target(target_spec, model.labels, model.activation, full.shape[0], model.regions)
     if value in VALUES:
         return evaluator, target, functools.partial(VALUES[value], target=target, ref=None)
     ref, = _references([target], full, mc.reference[mc.roi] if mc.reference is not None else None, value, model.name)

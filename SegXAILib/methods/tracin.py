@@ -320,7 +320,7 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
             full = plan.fuse(z.float())
         if not torch.isfinite(full).all():
             raise ModelError(f"{model.name} gives NaN or infinite outputs on this case.", "Check the model and its preprocessing.")
-        target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0])
+        target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0], model.regions)
         if mc.reference is not None:
             ref = torch.from_numpy(target.in_reference(mc.reference[mc.roi])).to(dev)
         else:
