@@ -95,3 +95,25 @@ def test_nnunet_folder(nnunet_folder):
     model, = load_models([nnunet_folder], ModelOptions(trust=True))
     assert model.format == "nnunet-v2" and model.window.kind == "nnunet" and model.labels == {"background": 0, "lesion": 1}
     json.loads((nnunet_folder / "plans.json").read_text())  # written by nnU-Net itself
+
+
+def test_channel_count_from_the_user_or_a_forward_pass_not_the_first_convolution(blob_case, tmp_path, capsys):
+    """A network that picks its 4th input before its first convolution (which takes 1 channel) takes 4 images."""
+    from test_bad_inputs import PicksFourth, torchscript
+
+    from SegXAILib.cli import main
+    from SegXAILib.volumes import write_volume
+
+    path = torchscript(tmp_path, PicksFourth(), None)
+    model, = load_models([path])
+    assert (model.in_channels, model.in_channels_source) == (4, "forward pass")
+    assert describe_model(path)["in_channels"] == 4
+    model, = load_models([path], ModelOptions(channels=["T1", "T1c", "T2", "FLAIR"]))
+    assert (model.in_channels, model.in_channels_source) == (4, "user")
+    fourth = str(write_volume(blob_case["blob"] * 3.0, blob_case["geometry"], tmp_path / "fourth.nii.gz"))
+    args = ["explain", *sum((["--image", p] for p in [*blob_case["images"], fourth]), []), "--model", path, "--channels", "T1,T1c,T2,FLAIR",
+            "--roi-mask", blob_case["roi"], "--target-label", "1", "--out", str(tmp_path / "out"), "--progress", "none"]
+    assert main(args) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert [p["name"] for p in result["players"]] == ["T1", "T1c", "T2", "FLAIR"]
+    assert [p["value"] == 0 for p in result["players"]] == [True, True, True, False]  # only the 4th is read
