@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import save_torchscript
+from conftest import save_torchscript, write_bundle
 from SegXAILib.cli import main
 from SegXAILib.errors import InputError
 from SegXAILib.models import ModelOptions, describe_model, load_models
@@ -94,3 +94,18 @@ def test_region_labels_from_torchscript_metadata_or_the_user(tmp_path):
         target.in_reference(np.array([1, 3]))
     with pytest.raises(InputError, match="gives 2 output channels"):
         parse_target("5", {}, "sigmoid", 2)
+
+
+def test_region_labels_from_bundle_metadata(tmp_path):
+    """A sigmoid MONAI bundle states its regions' label values in outputs.pred.region_labels (keyed like channel_def)."""
+    root, _ = write_bundle(tmp_path / "bundle")
+    meta_file = root / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["network_data_format"]["outputs"]["pred"].update(
+        channel_def={"0": "TC", "1": "WT", "2": "ET"}, region_labels={"0": [1, 4], "1": [1, 2, 4], "2": [4]})
+    meta_file.write_text(json.dumps(meta))
+    assert describe_model(root)["regions"] == {"TC": [1, 4], "WT": [1, 2, 4], "ET": [4]}
+    model, = load_models([root], ModelOptions(trust=True))
+    assert model.activation == "sigmoid"
+    target = parse_target("TC", model.labels, model.activation, 3, model.regions)
+    assert (target.channels, target.ref_labels) == ((0,), (1, 4))
