@@ -41,7 +41,7 @@ def brief(exc: BaseException, limit: int = 300) -> str:
     TorchScript errors carry the serialized code's traceback before the actual error: only its last line is kept,
     without the exception class name.
     """
-    text = str(exc)
+    text = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) and exc.args else str(exc)
     if "Traceback" in text:
         text = next((line for line in reversed(text.splitlines()) if line.strip()), text)
     text = re.sub(r"^[\w.]*(Error|Exception): ", "", " ".join(text.split())) or type(exc).__name__
