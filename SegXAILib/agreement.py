@@ -48,14 +48,22 @@ def rank_uncertainty(per_model: np.ndarray) -> dict:
 
 
 def _table(path: str | Path | None) -> dict:
-    if path is None:
-        text = DEFAULT_TABLE.read_text()
-    else:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise InputError(f"Cannot read the clinician ranking file {path}: {exc}", "Give a JSON file shaped like SegXAILib/Resources/clinician_rankings.json.") from exc
-    return json.loads(text)
+    """The clinician ranking table, checked: {"rankings": {target: [contrast, ...]}, "aliases": {name: [alias, ...]}}."""
+    source = DEFAULT_TABLE if path is None else Path(path)
+    fix = "Give a JSON file shaped like SegXAILib/Resources/clinician_rankings.json: {\"rankings\": {\"WT\": [\"FLAIR\", \"T2\", ...]}}."
+    try:
+        table = json.loads(source.read_text())
+    except OSError as exc:
+        raise InputError(f"Cannot read the clinician ranking file {source}: {exc.strerror or exc}.", fix) from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"The clinician ranking file {source} is not valid JSON: {' '.join(str(exc).split())[:200]}.", fix) from exc
+    rankings = table.get("rankings") if isinstance(table, dict) else None
+    aliases = table.get("aliases", {}) if isinstance(table, dict) else None
+    if not isinstance(rankings, dict) or not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in rankings.values()):
+        raise InputError(f"The clinician ranking file {source} has no \"rankings\" object mapping each target to a list of contrast names.", fix)
+    if not isinstance(aliases, dict) or not all(isinstance(v, list) for v in aliases.values()):
+        raise InputError(f"The clinician ranking file {source} has an \"aliases\" entry that is not an object of name lists.", fix)
+    return table
 
 
 def canonical(name: str, aliases: dict[str, list[str]]) -> str:

@@ -29,6 +29,9 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--trust", action="store_true", help="allow model formats whose loading executes code (pickles, bundle expressions, nnU-Net checkpoints)")
     g.add_argument("--channels", help="input channel names in order, e.g. T1,T1c,T2,FLAIR (default: from the model)")
     g.add_argument("--preprocess", choices=["none", "zscore", "ct"], default="none", help="TorchScript / factory models: intensity preprocessing (default none: images as given)")
+    g.add_argument("--region-labels", type=json.loads, metavar="JSON",
+                   help='region-based (sigmoid) models: the label values each output stands for in a reference / ground-truth map, '
+                        'e.g. \'{"tumor core": [2, 3]}\' (default: from the model\'s metadata)')
     g.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size (default: the model's own, or the whole volume)")
     g.add_argument("--overlap", type=float, help="sliding-window overlap (default: the model's own, else 0.5)")
     g.add_argument("--factory", help="package.module:function building the network for a state-dict --model")
@@ -40,6 +43,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _model_options(args) -> ModelOptions:
     return ModelOptions(trust=args.trust, channels=args.channels.split(",") if args.channels else None, preprocess=args.preprocess,
+                        regions=args.region_labels,
                         window=tuple(args.window) if args.window else None, overlap=args.overlap, factory=args.factory,
                         factory_kwargs=args.factory_kwargs, folds=args.folds.split(",") if args.folds else None,
                         checkpoint=args.checkpoint, mirroring=not args.no_mirroring)
@@ -231,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         code = next((c for cls, c in EXIT_CODES.items() if isinstance(exc, cls)), 1)
         if json_events:
             print(format_event("error", kind=type(exc).__name__, problem=exc.problem, fix=exc.fix), file=sys.stderr, flush=True)
-        print(f"segxai: {exc.problem}" + (f"\n  Fix: {exc.fix}" if exc.fix else ""), file=sys.stderr)
+        problem, fix = (" ".join(str(t).split()) for t in (exc.problem, exc.fix))  # one paragraph, whatever a library said
+        print(f"segxai: {problem}" + (f"\n  Fix: {fix}" if fix else ""), file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print("segxai: cancelled", file=sys.stderr)

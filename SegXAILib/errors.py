@@ -1,5 +1,7 @@
 """Errors a user can act on: each names the problem and the fix, so front ends can show it as is."""
 
+import re
+
 
 class SegXAIError(Exception):
     """Base class: `problem` says what is wrong, `fix` says what to do about it."""
@@ -31,3 +33,16 @@ class Cancelled(SegXAIError):
 
     def __init__(self):
         super().__init__("The run was cancelled.", "")
+
+
+def brief(exc: BaseException, limit: int = 300) -> str:
+    """An exception from a library as one short line, for a message that must stay one paragraph.
+
+    TorchScript errors carry the serialized code's traceback before the actual error: only its last line is kept,
+    without the exception class name.
+    """
+    text = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) and exc.args else str(exc)
+    if "Traceback" in text:
+        text = next((line for line in reversed(text.splitlines()) if line.strip()), text)
+    text = re.sub(r"^[\w.]*(Error|Exception): ", "", " ".join(text.split())) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import MemoryBudgetError
+from .errors import MemoryBudgetError, ModelError, brief
 from .models import LoadedModel
 from .progress import CancelToken, ProgressFn, check_cancel, no_progress
 from .windows import make_grid
@@ -83,7 +83,7 @@ class Evaluator:
         pad = ((0, 0),) + grid.pad
         self.image = torch.from_numpy(np.pad(image, pad).astype(np.float32, copy=False))
         self.players = self._pad_broadcast(players.astype(np.int64), pad, -1)
-        self.baseline = self._pad_broadcast(baseline.astype(np.float32), pad, 0.0)
+        self.baseline = self._padded_baseline(baseline)
         roi_p = np.pad(roi.astype(bool), grid.pad)
         self.roi_voxels = np.argwhere(roi) if roi.any() else np.zeros((0, 3), int)
         index = np.full(roi_p.shape, -1, dtype=np.int64)
@@ -119,7 +119,7 @@ class Evaluator:
 
     def set_baseline(self, baseline: np.ndarray) -> None:
         """Replaces what removed players take (a new intervention sample); memoised windows no longer apply."""
-        self.baseline = self._pad_broadcast(baseline.astype(np.float32), ((0, 0),) + self.grid.pad, 0.0)
+        self.baseline = self._padded_baseline(baseline)
         self.memo.clear()
         self.memo_used = 0
 
@@ -129,6 +129,16 @@ class Evaluator:
         if all(s == 1 for s in array.shape[1:]):
             return torch.from_numpy(np.ascontiguousarray(array))
         return torch.from_numpy(np.pad(array, pad, constant_values=value))
+
+    def _padded_baseline(self, baseline: np.ndarray) -> torch.Tensor:
+        """The baseline on the padded grid. Full-volume inference pads the *ablated* image with zeros, so the padding
+        holds 0 whether a player is removed or not: a per-channel baseline (mean, min) is spread over the image and
+        the padding set to 0, else a removed contrast would put its baseline into the padding too."""
+        baseline = baseline.astype(np.float32)
+        pad = ((0, 0),) + self.grid.pad
+        if all(s == 1 for s in baseline.shape[1:]) and any(a or b for a, b in self.grid.pad) and baseline.any():
+            baseline = np.broadcast_to(baseline, (baseline.shape[0],) + self.grid.image_shape)
+        return self._pad_broadcast(baseline, pad, 0.0)
 
     def _patch(self, volume: torch.Tensor, w: int) -> torch.Tensor:
         if all(s == 1 for s in volume.shape[1:]):
@@ -166,10 +176,9 @@ class Evaluator:
             with torch.inference_mode():
                 out = self.model.forward(x.to(self.device))
                 out = out[0] if isinstance(out, (list, tuple)) else out
-                out = out.float().flatten(2).cpu()
-        except (RuntimeError, MemoryError) as exc:
+        except Exception as exc:
             if not _is_oom(exc):
-                raise
+                raise self._failure(x, exc) from exc
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if x.shape[0] == 1:
@@ -178,8 +187,22 @@ class Evaluator:
             half = x.shape[0] // 2
             self.batch_size = max(1, half)
             return torch.cat([self._forward(x[:half]), self._forward(x[half:])])
+        if not torch.is_tensor(out) or out.ndim != x.ndim or out.shape[0] != x.shape[0] or out.shape[2:] != x.shape[2:]:
+            shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            raise self._failure(x, None, f"returned {shape}, not (windows, classes, *window)")
         self.stats.forward_s += time.perf_counter() - t0
-        return out
+        return out.float().flatten(2).cpu()
+
+    def _failure(self, x: torch.Tensor, exc: BaseException | None, what: str = "") -> ModelError:
+        """A network that rejects its input: name the shapes, so the user sees which side is wrong."""
+        m = self.model
+        takes = f"{m.in_channels} channels" + (f" ({', '.join(m.channel_names)})" if m.channel_names else "") \
+            if m.in_channels else "an unknown number of channels"
+        detail = what or f"failed: {brief(exc)}"
+        return ModelError(f"The model {m.name} was given a batch of shape {tuple(x.shape)} (windows, channels, *window) "
+                          f"and {detail}. It takes {takes}; {self.image.shape[0]} images were given.",
+                          "Check the images against the model (one --image per input channel, in its order; --channels, "
+                          "--window and --preprocess if its file does not say).")
 
     def _compute_full(self) -> None:
         t_start = time.perf_counter()

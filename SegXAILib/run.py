@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .agreement import clinician_ranking
 from .errors import InputError
 from .evaluator import pick_device
 from .methods import causal, contrast_shapley, gradients, region_shap, tracin
@@ -43,6 +44,8 @@ def load_inputs(request: ExplainRequest) -> ExplainInputs:
         raise InputError(f"Unknown method {request.method!r}.", f"Choose --method {' or '.join(METHODS)}.")
     if not request.targets:
         raise InputError("No target given.", "Pass --target-label (a label, a label set such as 1,3, or WT / TC / ET).")
+    for target in request.targets if request.clinician_ranking else ():
+        clinician_ranking(target, request.clinician_ranking)  # a malformed file is reported now, not after the run
     models = load_models(request.models, request.model_options)
     if not models:
         raise InputError("No model given.", "Pass --model (a TorchScript file, MONAI bundle or nnU-Net results folder).")

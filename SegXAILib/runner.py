@@ -72,6 +72,7 @@ EXPLAIN_FLAGS: tuple[tuple[str, str | None, str], ...] = (
     ("model_options.channels", "--channels", "csv"),
     ("model_options.labels", None, "none"),
     ("model_options.activation", None, "none"),
+    ("model_options.regions", "--region-labels", "json"),
     ("model_options.window", "--window", "nargs"),
     ("model_options.overlap", "--overlap", "value"),
     ("model_options.preprocess", "--preprocess", "value"),

@@ -227,5 +227,5 @@ def box_mask(geometry: Geometry, lo_ras: Sequence[float], hi_ras: Sequence[float
     inside = np.all((ras >= np.asarray(lo)[:, None]) & (ras <= np.asarray(hi)[:, None]), axis=0)
     mask = inside.reshape(geometry.shape)
     if not mask.any():
-        raise InputError(f"The ROI box {list(lo)}..{list(hi)} mm lies outside the image.", "Draw the ROI over the image (RAS coordinates, mm).")
+        raise InputError(f"The ROI box ({', '.join(f'{v:g}' for v in lo)})..({', '.join(f'{v:g}' for v in hi)}) mm (RAS) lies outside the image.", "Draw the ROI over the image (RAS coordinates, mm).")
     return mask

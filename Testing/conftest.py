@@ -44,8 +44,7 @@ def affine(spacing=(1.5, 1.5, 2.0), origin=(-20.0, 10.0, 5.0)) -> np.ndarray:
     return a
 
 
-@pytest.fixture
-def blob_case(tmp_path):
+def make_blob_case(folder: Path) -> dict:
     """Three channels on a 24×20×16 grid: 0 and 1 hold the same bright blob, 2 is noise; plus ROI and truth files."""
     shape = (24, 20, 16)
     geo = Geometry(shape, affine())
@@ -53,27 +52,71 @@ def blob_case(tmp_path):
     blob = (((i - 12) / 5.0) ** 2 + ((j - 10) / 4.0) ** 2 + ((k - 8) / 3.0) ** 2 <= 1).astype(np.float32)
     rng = np.random.default_rng(0)
     images = [blob * 2.0, blob * 2.0, rng.normal(size=shape).astype(np.float32)]
-    paths = [write_volume(im, geo, tmp_path / f"c{n}.nii.gz") for n, im in enumerate(images)]
+    paths = [write_volume(im, geo, folder / f"c{n}.nii.gz") for n, im in enumerate(images)]
     roi = np.zeros(shape, np.uint8)
     roi[4:20, 3:17, 2:14] = 1
-    roi_path = write_volume(roi, geo, tmp_path / "roi.nii.gz")
-    truth_path = write_volume(blob.astype(np.uint8), geo, tmp_path / "truth.nii.gz")
-    model = save_torchscript(ThresholdSum([1.0, 1.0, 0.0], 1.5), tmp_path / "model.pt",
+    roi_path = write_volume(roi, geo, folder / "roi.nii.gz")
+    truth_path = write_volume(blob.astype(np.uint8), geo, folder / "truth.nii.gz")
+    model = save_torchscript(ThresholdSum([1.0, 1.0, 0.0], 1.5), folder / "model.pt",
                              {"channels": ["A", "B", "C"], "labels": {"background": 0, "blob": 1}})
     return {"images": [str(p) for p in paths], "roi": str(roi_path), "truth": str(truth_path), "model": str(model),
-            "geometry": geo, "blob": blob, "dir": tmp_path}
+            "geometry": geo, "blob": blob, "dir": folder}
+
+
+@pytest.fixture
+def blob_case(tmp_path):
+    return make_blob_case(tmp_path)
+
+
+SEGRESNET = {"spatial_dims": 3, "in_channels": 2, "out_channels": 3, "init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]}
+
+
+def write_bundle(root: Path) -> tuple[Path, dict]:
+    """A MONAI bundle written with MONAI's own config tooling: network_def, inferer, preprocessing, metadata, weights."""
+    from monai.bundle import ConfigParser
+    from monai.networks.nets import SegResNet
+
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    config = {
+        "network_def": {"_target_": "SegResNet", **SEGRESNET},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "sw_batch_size": 2, "overlap": 0.25, "mode": "gaussian"},
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True}]},
+        "postprocessing": {"_target_": "Compose", "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}]},
+    }
+    ConfigParser.export_config_file(config, str(root / "configs" / "inference.json"))
+    meta = {"version": "0.1", "network_data_format": {
+        "inputs": {"image": {"num_channels": 2, "channel_def": {"0": "T1c", "1": "FLAIR"}}},
+        "outputs": {"pred": {"num_channels": 3, "channel_def": {"0": "background", "1": "core", "2": "oedema"}}}}}
+    ConfigParser.export_config_file(meta, str(root / "configs" / "metadata.json"))
+    torch.manual_seed(1)
+    net = SegResNet(**SEGRESNET)
+    torch.save({k: v.half() for k, v in net.state_dict().items()}, str(root / "models" / "model.pt"))
+    return root, config
+
+
+def _nnunet_results(work: Path, *flags: str) -> Path:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("nnunet_results.py")), str(work), *flags],
+                          capture_output=True, text=True, check=True)
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")
 def nnunet_folder(tmp_path_factory) -> Path:
     """A real nnU-Net v2 results folder (plans, dataset.json, fold_0 checkpoint) written by nnU-Net's own code."""
-    import subprocess
-    import sys
+    return _nnunet_results(tmp_path_factory.mktemp("nnunet"))
 
-    work = tmp_path_factory.mktemp("nnunet")
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("nnunet_results.py")), str(work)],
-                          capture_output=True, text=True, check=True)
-    return Path(done.stdout.strip().splitlines()[-1])
+
+@pytest.fixture(scope="session")
+def nnunet_region_folder(tmp_path_factory) -> Path:
+    """A region-based nnU-Net v2 results folder (BraTS-style label tuples and regions_class_order), by nnU-Net's code.
+    Its raw training images lie in WORK/raw/Dataset043_TinyRegions."""
+    return _nnunet_results(tmp_path_factory.mktemp("nnunet_regions"), "--regions")
 
 
 class TwoBranch(torch.nn.Module):

@@ -107,3 +107,30 @@ def test_nnunet_grid_matches_nnunet_sliding_window(nnunet_folder):
     ours = ev.full_logits().numpy()
     ref = full[:, roi]
     assert np.abs(ours - ref).max() <= 2e-3 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("kind", ["zero", "mean", "min"])
+def test_every_baseline_on_padded_windows_equals_monai_on_the_ablated_image(kind):
+    """The volume is thinner than the window along j, so MONAI pads it: the padding of the *ablated* image is 0."""
+    from SegXAILib.methods.base import baseline_values
+
+    model = _segresnet_model()
+    rng = np.random.default_rng(3)
+    image = (rng.normal(size=(4, 40, 18, 30)) + 2.0).astype(np.float32)  # mean and min far from 0
+    roi = np.zeros(image.shape[1:], bool)
+    roi[8:30, 2:16, 5:25] = True
+    baseline = baseline_values(image, kind)
+    contrasts = Evaluator(model, image, roi, np.arange(4).reshape(4, 1, 1, 1), 4, baseline, torch.device("cpu"), batch_size=4)
+    assert any(a or b for a, b in contrasts.grid.pad)
+    region = np.full((1,) + image.shape[1:], -1)
+    region[0, 10:20, :, 8:16] = 0
+    regions = Evaluator(model, image, roi, region, 1, baseline, torch.device("cpu"), batch_size=4)
+    cases = [(contrasts, np.array([True, False, True, False]), lambda a: a.__setitem__((slice(1, 4, 2),), baseline[1::2])),
+             (regions, np.array([False]), lambda a: a.__setitem__((slice(None), slice(10, 20), slice(None), slice(8, 16)),
+                                                                   np.broadcast_to(baseline, (4, 10, 18, 8))))]
+    for ev, coalition, ablate in cases:
+        ablated = image.copy()
+        ablate(ablated)
+        got = ev.evaluate(coalition[None], lambda z: [z.numpy()])[0][0]
+        ref = _monai(model, ablated)[:, roi]
+        assert np.abs(np.asarray(got) - ref).max() <= 1e-5, kind

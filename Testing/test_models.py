@@ -8,14 +8,11 @@ import torch
 from monai.bundle import ConfigParser
 from monai.networks.nets import SegResNet
 
-from conftest import ThresholdSum, save_torchscript
+from conftest import SEGRESNET, ThresholdSum, save_torchscript, write_bundle
 from SegXAILib.errors import ModelError, TrustError
 from SegXAILib.evaluator import Evaluator
 from SegXAILib.models import ModelOptions, describe_model, load_models
 from SegXAILib.volumes import Case, Geometry
-
-SEGRESNET = {"spatial_dims": 3, "in_channels": 2, "out_channels": 3, "init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]}
-
 
 def test_torchscript_metadata_and_options(tmp_path):
     path = save_torchscript(ThresholdSum([1.0, 1.0], 1.0), tmp_path / "m.pt",
@@ -64,27 +61,7 @@ def test_unreadable_model_is_a_model_error(tmp_path):
 
 @pytest.fixture
 def bundle(tmp_path):
-    """A MONAI bundle written with MONAI's own config tooling: network_def, inferer, preprocessing, metadata, weights."""
-    root = tmp_path / "bundle"
-    (root / "configs").mkdir(parents=True)
-    (root / "models").mkdir()
-    config = {
-        "network_def": {"_target_": "SegResNet", **SEGRESNET},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "sw_batch_size": 2, "overlap": 0.25, "mode": "gaussian"},
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True}]},
-        "postprocessing": {"_target_": "Compose", "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}]},
-    }
-    ConfigParser.export_config_file(config, str(root / "configs" / "inference.json"))
-    meta = {"version": "0.1", "network_data_format": {
-        "inputs": {"image": {"num_channels": 2, "channel_def": {"0": "T1c", "1": "FLAIR"}}},
-        "outputs": {"pred": {"num_channels": 3, "channel_def": {"0": "background", "1": "core", "2": "oedema"}}}}}
-    ConfigParser.export_config_file(meta, str(root / "configs" / "metadata.json"))
-    torch.manual_seed(1)
-    net = SegResNet(**SEGRESNET)
-    torch.save({k: v.half() for k, v in net.state_dict().items()}, str(root / "models" / "model.pt"))
-    return root, config
+    return write_bundle(tmp_path / "bundle")
 
 
 def test_monai_bundle_needs_trust_then_matches_monai(bundle):
@@ -118,3 +95,25 @@ def test_nnunet_folder(nnunet_folder):
     model, = load_models([nnunet_folder], ModelOptions(trust=True))
     assert model.format == "nnunet-v2" and model.window.kind == "nnunet" and model.labels == {"background": 0, "lesion": 1}
     json.loads((nnunet_folder / "plans.json").read_text())  # written by nnU-Net itself
+
+
+def test_channel_count_from_the_user_or_a_forward_pass_not_the_first_convolution(blob_case, tmp_path, capsys):
+    """A network that picks its 4th input before its first convolution (which takes 1 channel) takes 4 images."""
+    from test_bad_inputs import PicksFourth, torchscript
+
+    from SegXAILib.cli import main
+    from SegXAILib.volumes import write_volume
+
+    path = torchscript(tmp_path, PicksFourth(), None)
+    model, = load_models([path])
+    assert (model.in_channels, model.in_channels_source) == (4, "forward pass")
+    assert describe_model(path)["in_channels"] == 4
+    model, = load_models([path], ModelOptions(channels=["T1", "T1c", "T2", "FLAIR"]))
+    assert (model.in_channels, model.in_channels_source) == (4, "user")
+    fourth = str(write_volume(blob_case["blob"] * 3.0, blob_case["geometry"], tmp_path / "fourth.nii.gz"))
+    args = ["explain", *sum((["--image", p] for p in [*blob_case["images"], fourth]), []), "--model", path, "--channels", "T1,T1c,T2,FLAIR",
+            "--roi-mask", blob_case["roi"], "--target-label", "1", "--out", str(tmp_path / "out"), "--progress", "none"]
+    assert main(args) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert [p["name"] for p in result["players"]] == ["T1", "T1c", "T2", "FLAIR"]
+    assert [p["value"] == 0 for p in result["players"]] == [True, True, True, False]  # only the 4th is read

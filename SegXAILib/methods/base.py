@@ -13,8 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, brief
 from ..models import LoadedModel, Prepared
+from ..models.base import runs_on
 from ..request import ExplainRequest
 from ..volumes import Case, Geometry, resample_to
 
@@ -74,13 +75,16 @@ def model_case(model: LoadedModel, inputs: ExplainInputs) -> ModelCase:
     """Checks the model takes the case, runs its preprocessing, and maps the masks onto its grid."""
     case = inputs.case
     if model.in_channels is not None and model.in_channels != case.n_channels:
-        names = f" ({', '.join(model.channel_names)})" if model.channel_names else ""
-        raise InputError(f"The model {model.name} takes {model.in_channels} input channels{names}, but {case.n_channels} were given.",
-                         "Pass one --image per model input channel, in the model's order.")
+        probed = model.in_channels_source == "forward pass"
+        if not (probed and runs_on(model.module, case.n_channels, model.window.size or (32, 32, 32))):
+            how = " (found by a trial forward pass: the model declares no channels)" if probed else \
+                f" ({', '.join(model.channel_names)})" if model.channel_names else ""
+            raise InputError(f"The model {model.name} takes {model.in_channels} input channels{how}, but {case.n_channels} were given.",
+                             "Pass one --image per model input channel, in the model's order (--channels names them).")
     try:
         prepared = model.prepare(case)
     except Exception as exc:
-        raise ModelError(f"The preprocessing of {model.name} failed on this case: {exc}", "Check the images suit this model (channels, dimensions).") from exc
+        raise ModelError(f"The preprocessing of {model.name} failed on this case: {brief(exc)}", "Check the images suit this model (channels, dimensions).") from exc
     roi = _to_model_grid(inputs.roi, case, prepared).astype(bool)
     if not roi.any():
         raise InputError(f"The ROI lies outside the part of the image that {model.name} sees (after its cropping).",

@@ -150,7 +150,7 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
         evaluator = Evaluator(model, mc.prepared.image, mc.roi, ids[None], players.n, baseline, inputs.device,
                               batch_size=request.batch_size, progress=progress, cancel=cancel)
         full = check_finite(evaluator.full_logits(), model.name)
-        target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0])
+        target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0], model.regions)
         ref, = _references([target], full, mc.reference[mc.roi] if mc.reference is not None else None, request.value, model.name)
         value = lambda z, model=model: vf(check_finite(z, model.name, "under a causal intervention"), target, ref)
         per_model.append(region_effects(evaluator, value, players, mc.prepared.image, baseline, options, request.seed + m, cancel))

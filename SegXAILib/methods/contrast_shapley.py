@@ -51,7 +51,7 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
                               batch_size=request.batch_size, progress=progress, cancel=cancel)
         full = evaluator.full_logits()
         check_finite(full, model.name)
-        targets = [parse_target(t, model.labels, model.activation, full.shape[0]) for t in request.targets]
+        targets = [parse_target(t, model.labels, model.activation, full.shape[0], model.regions) for t in request.targets]
         ref_labels = mc.reference[mc.roi] if mc.reference is not None else None
         refs = _references(targets, full, ref_labels, request.value, model.name)
         values = evaluator.evaluate(coalitions, lambda z: [vf(z, t, r) for t, r in zip(targets, refs)], stage=stage)

@@ -195,7 +195,7 @@ def value_game(inputs: ExplainInputs, model, mc, ids: np.ndarray, n: int, value:
                           inputs.device, batch_size=request.batch_size, progress=progress, cancel=cancel)
     full = evaluator.full_logits()
     check_finite(full, model.name)
-    target = parse_target(target_spec, model.labels, model.activation, full.shape[0])
+    target = parse_target(target_spec, model.labels, model.activation, full.shape[0], model.regions)
     if value in VALUES:
         return evaluator, target, functools.partial(VALUES[value], target=target, ref=None)
     ref, = _references([target], full, mc.reference[mc.roi] if mc.reference is not None else None, value, model.name)

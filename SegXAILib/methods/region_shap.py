@@ -94,7 +94,7 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
                               batch_size=request.batch_size, progress=progress, cancel=cancel)
         full = evaluator.full_logits()
         check_finite(full, model.name)
-        target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0])
+        target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0], model.regions)
         ref_labels = mc.reference[mc.roi] if mc.reference is not None else None
         ref, = _references([target], full, ref_labels, request.value, model.name)
         stage = f"{model.name} [{m + 1}/{len(inputs.models)}]"

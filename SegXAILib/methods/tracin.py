@@ -319,7 +319,7 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
             z = torch.cat([forward(plan.crops[a:a + batch]) for a in range(0, plan.crops.shape[0], batch)])
             full = plan.fuse(z.float())
         check_finite(full, model.name)
-        target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0])
+        target = parse_target(request.targets[0], model.labels, model.activation, full.shape[0], model.regions)
         if mc.reference is not None:
             ref = torch.from_numpy(target.in_reference(mc.reference[mc.roi])).to(dev)
         else:

@@ -42,13 +42,15 @@ def describe_model(path: str | Path, options: ModelOptions | None = None) -> dic
     if is_nnunet_folder(path):
         meta = nnunet_metadata(path)
         return {"format": "nnunet-v2", "channels": meta["channels"], "labels": meta["labels"],
-                "window": meta["patch_size"], "folds": nnunet_folds(path, options.checkpoint), "needs_trust": True}
+                "regions": {k: list(v) for k, v in meta["regions"].items()}, "window": meta["patch_size"], "folds": nnunet_folds(path, options.checkpoint), "needs_trust": True}
     if is_bundle(path):
         meta = bundle_metadata(path)
-        return {"format": "monai-bundle", "channels": meta["channels"], "labels": meta["labels"], "window": None, "needs_trust": True}
+        return {"format": "monai-bundle", "channels": meta["channels"], "labels": meta["labels"],
+                "regions": {k: list(v) for k, v in meta["regions"].items()}, "window": None, "needs_trust": True}
     if path.is_file() and archive_kind(path) == "torchscript":
         model = load_torch_file(path, options)
         return {"format": "torchscript", "channels": model.channel_names, "in_channels": model.in_channels,
-                "labels": model.labels, "window": list(model.window.size) if model.window.size else None, "needs_trust": False}
+                "in_channels_source": model.in_channels_source, "labels": model.labels,
+                "regions": {k: list(v) for k, v in model.regions.items()}, "window": list(model.window.size) if model.window.size else None, "needs_trust": False}
     return {"format": "unknown" if not path.exists() else archive_kind(path), "channels": None, "labels": {},
             "window": None, "needs_trust": not options.factory}

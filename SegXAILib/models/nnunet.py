@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError, TrustError
+from ..errors import InputError, ModelError, TrustError, brief
 from ..result import sha256
 from ..volumes import Case, Geometry
 from ..windows import WindowSpec
-from .base import LoadedModel, Prepared
+from .base import LoadedModel, Prepared, region_labels
 from .options import ModelOptions
 
 
@@ -29,21 +29,46 @@ def nnunet_folds(path: Path, checkpoint: str) -> list[str]:
     return sorted(p.name[len("fold_"):] for p in path.glob("fold_*") if (p / checkpoint).exists())
 
 
+def _read_json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"Cannot read {file} as JSON: {brief(exc)}.",
+                         f"Restore {file.name} as nnU-Net wrote it (it is copied from the nnU-Net preprocessed data set).") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{file} holds a JSON {type(data).__name__}, not the object nnU-Net writes.", f"Restore {file.name} as nnU-Net wrote it.")
+    return data
+
+
 def nnunet_metadata(path: Path) -> dict:
-    """Channels, labels, regions and patch size from dataset.json / plans.json (no code runs)."""
-    dataset = json.loads((path / "dataset.json").read_text())
-    plans = json.loads((path / "plans.json").read_text())
+    """Channels, labels, regions and patch size from dataset.json / plans.json (no code runs).
+
+    Regions are read by nnU-Net's own LabelManager: a data set with label tuples is region-based, with one sigmoid
+    output per region in dataset.json order (background and the ignore label excluded).
+    """
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    dataset, plans = _read_json(path / "dataset.json"), _read_json(path / "plans.json")
     configuration = path.name.split("__")[-1] if "__" in path.name else "3d_fullres"
-    config = plans["configurations"].get(configuration) or next(iter(plans["configurations"].values()))
-    channels = [dataset["channel_names"][k] for k in sorted(dataset["channel_names"], key=int)]
-    raw = dataset["labels"]
-    has_regions = any(isinstance(v, (list, tuple)) for v in raw.values())
-    if has_regions:  # one sigmoid head per region, in dataset.json order, background excluded
-        labels = {name: i for i, name in enumerate(n for n in raw if n != "background")}
+    try:
+        configs = plans["configurations"]
+        config = configs.get(configuration) or next(iter(configs.values()))
+        channels = [str(dataset["channel_names"][k]) for k in sorted(dataset["channel_names"], key=int)]
+        raw = dataset["labels"]
+        manager = LabelManager(raw, dataset.get("regions_class_order"))
+        patch_size = config.get("patch_size")
+    except Exception as exc:
+        raise ModelError(f"The nnU-Net dataset.json / plans.json in {path} are not what nnU-Net v2 writes: {brief(exc)}.",
+                         "Restore dataset.json and plans.json as nnU-Net wrote them (channel_names, labels, configurations).") from exc
+    names = [k for k in raw if k not in ("background", "ignore")]
+    if manager.has_regions:  # names in the order of nnU-Net's own region list
+        regions = {name: tuple(int(v) for v in np.atleast_1d(raw[name])) for name in names}
+        regions = {name: r for name, r in regions.items() if set(r) != {0}}
+        labels = {name: i for i, name in enumerate(regions)}
     else:
-        labels = {name: int(v) for name, v in raw.items()}
-    return {"channels": channels, "labels": labels, "has_regions": has_regions, "configuration": configuration,
-            "patch_size": config.get("patch_size")}
+        regions, labels = {}, {name: int(v) for name, v in raw.items() if name != "ignore"}
+    return {"channels": channels, "labels": labels, "regions": regions, "has_regions": manager.has_regions,
+            "configuration": configuration, "patch_size": patch_size}
 
 
 def load_nnunet(path: Path, options: ModelOptions) -> list[LoadedModel]:
@@ -57,6 +82,8 @@ def load_nnunet(path: Path, options: ModelOptions) -> list[LoadedModel]:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    labels = options.labels or meta["labels"]
+    regions = region_labels(labels, options.regions, "--region-labels", InputError) or meta["regions"]
     overlap = options.overlap if options.overlap is not None else 0.5
     models = []
     for fold in folds:
@@ -67,16 +94,17 @@ def load_nnunet(path: Path, options: ModelOptions) -> list[LoadedModel]:
             predictor.initialize_from_trained_model_folder(str(path), use_folds=(fold if fold == "all" else int(fold),),
                                                            checkpoint_name=options.checkpoint)
         except Exception as exc:
-            raise ModelError(f"nnU-Net could not load fold {fold} of {path}: {exc}", "Check that the folder was written by nnU-Net v2.") from exc
+            raise ModelError(f"nnU-Net could not load fold {fold} of {path}: {brief(exc)}", "Check that the folder was written by nnU-Net v2.") from exc
         predictor.network.eval()
         checkpoint = path / f"fold_{fold}" / options.checkpoint
         models.append(LoadedModel(
             name=f"{path.name}/fold_{fold}", format="nnunet-v2", source=str(checkpoint), sha256=sha256(checkpoint),
             forward=predictor._internal_maybe_mirror_and_predict, module=predictor.network,
             in_channels=len(meta["channels"]), channel_names=options.channels or meta["channels"],
-            labels=options.labels or meta["labels"], activation="sigmoid" if meta["has_regions"] else "softmax",
+            labels=labels, activation="sigmoid" if meta["has_regions"] else "softmax",
             window=WindowSpec("nnunet", tuple(predictor.configuration_manager.patch_size), overlap, "gaussian", 1.0 / 8),
-            prepare=_nnunet_prepare(predictor), preprocessing=f"nnU-Net {meta['configuration']} (crop, normalise, resample)"))
+            prepare=_nnunet_prepare(predictor), preprocessing=f"nnU-Net {meta['configuration']} (crop, normalise, resample)",
+            regions=regions))
     return models
 
 

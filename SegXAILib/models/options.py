@@ -11,6 +11,7 @@ class ModelOptions:
     channels: list[str] | None = None         # input channel names, in order
     labels: dict[str, int] | None = None      # class name -> output channel
     activation: str | None = None             # "softmax" | "sigmoid"
+    regions: dict[str, list[int]] | None = None  # region-based models: output name -> its label values in a label map
     window: tuple[int, ...] | None = None     # sliding-window size; None = the model's own, or whole volume
     overlap: float | None = None
     preprocess: str = "none"                  # TorchScript / factory models: none | zscore | ct
