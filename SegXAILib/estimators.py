@@ -62,7 +62,10 @@ def _shapiq(name: str, **settings):
     return make
 
 
-# name -> (maker(n, seed), settings recorded in results, whether its replicate standard error is calibrated)
+# name -> (maker(n, seed), settings recorded in results, whether its replicate standard error is calibrated).
+# A new estimator plugs in here: maker(n, seed) returns an object whose approximate(budget, game) evaluates at most
+# `budget` coalitions through `game` ((k, n) bool -> (k,) values) and returns a mapping (i,) -> φ_i. Mark it
+# calibrated only once Testing/test_estimators.py (which runs every calibrated entry) passes for it.
 APPROXIMATOR_SPECS: dict[str, tuple[Callable, dict, bool]] = {
     "leverage-kernelshap": (_leverage, {"shapiq": "KernelSHAP", "pairing_trick": True, "sampling_weights": "uniform over sizes"}, True),
     "kernelshap": (_shapiq("KernelSHAP"), {"shapiq": "KernelSHAP"}, True),

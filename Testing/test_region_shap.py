@@ -178,3 +178,16 @@ def test_anytime_results_stream_and_the_final_folder_is_the_non_streaming_one(fa
     assert strip(a) == strip(b) and not a["estimation"]["exact"] and a["estimation"]["replicates"][0] > 1
     for key in a["maps"].values():
         assert np.array_equal(read_volume(streamed / key)[0], read_volume(quiet / key)[0])
+
+
+def test_terminal_shows_partial_top_regions_with_no_plus_minus_for_null(tmp_path):
+    from SegXAILib.progress import TerminalProgress
+
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "result.json").write_text(json.dumps({"top_k": [
+        {"name": "sv 3", "value": 0.12, "std_error": None}, {"name": "sv 1", "value": -0.05, "std_error": 0.01}]}))
+    stream = io.StringIO()
+    TerminalProgress(stream).event("partial", path=str(tmp_path / "partial"), coalitions=40, budget=512)
+    line = stream.getvalue().strip()
+    assert line.startswith("partial map: 40/512 coalitions; top: sv 3 +0.120, sv 1 -0.050±0.010")
+    assert "sv 3 +0.120±" not in line
