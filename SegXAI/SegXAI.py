@@ -175,6 +175,7 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.runs: PanelRuns | None = None
+        self._partialShown = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._timer = qt.QTimer()
@@ -396,6 +397,9 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for message in self.runs.poll():
                 if message.event is None:
                     self.ui.logTextEdit.appendPlainText(message.line)
+            if self.runs.run is not None and self._partialShown is not self.runs.run:  # first anytime result: chart in layout
+                self._partialShown = self.runs.run
+                self.logic.showRun(self.runs.run)
         if not self.runs.busy:
             self._timer.stop()
         if runner is None or not finishing:

@@ -151,6 +151,8 @@ def _evaluate_model(doc, inputs, model, mc, box, kind, maps, value, steps, road_
         else:
             block["correlation"] = fm.faithfulness_correlation(game, units, samples, 0.25, corr_rng)
         timings["correlation_s"] = time.perf_counter() - t0
+    if kind != "voxels":
+        block["interactions"] = fm.interaction_share(game, units.n)
     block["evaluator"] = evaluator.stats.to_json()
     block["timings"] = {k: round(v, 3) for k, v in timings.items()}
     return block

@@ -218,6 +218,16 @@ def road_curves(evaluator, value: Callable, image: np.ndarray, baseline: np.ndar
     return {**out, "imputation": "noisy-linear", "noise": noise}
 
 
+def interaction_share(game: Game, n: int) -> dict:
+    """How far the game is from additive: 1 − Σ_i (v(N) − v(N ∖ i)) / (v(N) − v(∅)). 0 = additive (leave-one-out
+    effects, what a single-unit intervention sees, add up to the whole drop, and equal the Shapley values); > 0 = units
+    back each other up (redundancy: removing one alone loses less than its share); < 0 = they need each other."""
+    values = game(np.concatenate([np.ones((1, n), bool), np.zeros((1, n), bool), ~np.eye(n, dtype=bool)]))
+    full, empty, loo = values[0], values[1], values[0] - values[2:]
+    span = full - empty
+    return {"share": None if abs(span) < 1e-12 else float(1 - loo.sum() / span), "leave_one_out": loo.tolist()}
+
+
 def faithfulness_correlation(game: Game, units: Units, samples: int, share: float, rng: np.random.Generator) -> dict:
     """Pearson correlation between the attribution summed over a random subset of units and the drop of the value
     when that subset is removed (Bhatt et al. 2020); every proper subset when there are few units."""

@@ -105,10 +105,11 @@ class TerminalProgress:
         top = ""
         try:
             doc = json.loads((Path(fields["path"]) / "result.json").read_text())
-            top = ", ".join(f"{p['name']} {p['value']:+.3f}" for p in doc.get("top_k", [])[:3])
+            top = ", ".join(f"{p['name']} {p['value']:+.3f}" + ("" if p.get("std_error") is None else f"±{p['std_error']:.3f}")
+                            for p in doc.get("top_k", [])[:3])   # no ± where the standard error is null
         except (OSError, KeyError, ValueError):
             pass
         budget = fields.get("budget")
-        self.stream.write(f"\rpartial map: {fields.get('coalitions')}{'' if budget is None else f'/{budget}'} coalitions"
-                          f"{'; top: ' + top if top else ''}\n")
+        line = f"partial map: {fields.get('coalitions')}{'' if budget is None else f'/{budget}'} coalitions{'; top: ' + top if top else ''}"
+        self.stream.write(f"\r{line:<{self.width + 60}}\n")
         self.stream.flush()

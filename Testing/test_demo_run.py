@@ -2,11 +2,30 @@
 
 import io
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from SegXAILib.demo.run_demo import demo_models, run_demo
 from SegXAILib.errors import InputError
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_demo_shows_what_the_readme_claims(tmp_path):
+    """The demo proper (full case, five folds): WT ranks FLAIR first with Kendall τ = +1, ET ranks T1c first, and the
+    ranking and agreement lines the README prints are the ones the demo prints."""
+    text = io.StringIO()
+    run_demo(tmp_path / "demo", stream=text, regions=False)
+    printed = text.getvalue()
+    wt, et = (json.loads((tmp_path / "demo" / "contrast-shapley" / r / "result.json").read_text()) for r in ("WT", "ET"))
+    assert wt["ranking"][0] == "FLAIR" and wt["agreement"]["kendall_tau"] == 1.0
+    assert et["ranking"][0] == "T1c"
+    block = re.search(r"```text\n(WT: .*?)```", README.read_text(), re.S).group(1)
+    claimed = [line.strip() for line in block.splitlines() if re.match(r"\s*(WT|TC|ET):|\s*agreement", line)]
+    assert len(claimed) >= 4 and all(line in printed for line in claimed), claimed
 
 
 def test_demo_end_to_end(tmp_path):
@@ -40,11 +59,13 @@ def test_demo_method_comparison(tmp_path):
     text = io.StringIO()
     run_demo(out, shape=(64, 72, 64), spacing=3.0, models=demo_models()[:1], stream=text, budget=30)
     printed = text.getvalue()
-    assert "Causal ATE" in printed and "TracIn" in printed and printed.count("MoRF AUC") == 3
+    assert "Causal ATE" in printed and "TracIn" in printed and printed.count("MoRF AUC") == 3 and "interaction share" in printed
     assert json.loads((out / "tracin-brain" / "result.json").read_text())["proponents"]
     for folder in ("region-shap-brain", "causal-brain", "gradients-brain"):
         ev = json.loads((out / folder / "evaluation.json").read_text())
         assert ev["value_function"] == "soft-dice"   # one value for all three, so the AUCs compare
         assert ev["deletion_morf"]["auc"] < ev["deletion_lerf"]["auc"], folder   # each map ranks what matters first
+    shap = json.loads((out / "region-shap-brain" / "evaluation.json").read_text())
+    assert shap["n_units"] == 8 and f"{shap['interactions']['share']:+.3f}" in printed
     times = next(line for line in printed.splitlines() if line.startswith("Run times:"))
     assert all(name in times for name in ("contrast Shapley", "causal ATE", "integrated gradients", "TracIn"))

@@ -69,11 +69,11 @@ def test_exact_has_zero_error_and_too_few_replicates_none():
 
 def test_tolerance_stops_early_within_the_budget():
     game, phi = unanimity_game()
-    full = estimate_shapley(game, 20, 4000, seed=3)
-    loose = estimate_shapley(game, 20, 4000, seed=3, tolerance=0.08)
+    full = estimate_shapley(game, 20, 8000, seed=3)
+    loose = estimate_shapley(game, 20, 8000, seed=3, tolerance=0.1)
     assert full["stopped"] == "budget" and loose["stopped"] == "tolerance"
-    assert loose["evaluations"] < full["evaluations"] <= 4000
-    assert loose["std_error"].max() <= 0.08 and full["std_error"].max() < loose["std_error"].max()
+    assert loose["evaluations"] < full["evaluations"] <= 8000
+    assert loose["std_error"].max() <= 0.1 and full["std_error"].max() < loose["std_error"].max()
     never = estimate_shapley(game, 20, 400, seed=3, tolerance=1e-9)   # unreachable: the budget is the bound
     assert never["stopped"] == "budget" and never["evaluations"] <= 400
 

@@ -58,6 +58,14 @@ def test_deletion_curves_follow_the_known_ordering(slab_game):
     assert wrong["deletion_morf"]["auc"] == pytest.approx(curves["deletion_lerf"]["auc"])   # a reversed map ranks worst
     corr = fm.faithfulness_correlation(slab_game["game"], units, samples=32, share=0.25, rng=np.random.default_rng(0))
     assert corr["n_subsets"] == 14 and corr["pearson"] == pytest.approx(1.0)   # drop = attribution sum, exactly
+    additive = fm.interaction_share(slab_game["game"], 4)
+    assert additive["share"] == pytest.approx(0.0, abs=1e-9) and np.allclose(additive["leave_one_out"], slab_game["contributions"])
+
+
+def test_interaction_share_of_known_games():
+    assert fm.interaction_share(lambda c: c.any(1).astype(float), 3)["share"] == 1.0    # any one suffices: pure redundancy
+    assert fm.interaction_share(lambda c: c.all(1).astype(float), 3)["share"] == -2.0   # all needed: each removal loses all
+    assert fm.interaction_share(lambda c: np.zeros(len(c)), 3)["share"] is None
 
 
 def test_road_follows_the_known_ordering():

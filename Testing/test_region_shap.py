@@ -1,6 +1,9 @@
 """Region SHAP: exact known answers, cache exactness, estimator convergence, every player kind, bad inputs."""
 
 
+import io
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +15,7 @@ from SegXAILib.estimators import estimate_shapley
 from SegXAILib.evaluator import Evaluator
 from SegXAILib.models import load_models
 from SegXAILib.players import build_players, support_box
+from SegXAILib.progress import EVENT_PREFIX, JsonLinesProgress, parse_event
 from SegXAILib.request import ExplainRequest, RegionOptions
 from SegXAILib.result import read_result
 from SegXAILib.run import run
@@ -140,3 +144,50 @@ def test_bad_region_inputs(far_case, capsys):
     empty = write_volume(np.zeros(SHAPE, np.uint8), far_case["geo"], far_case["dir"] / "empty.nii.gz")
     assert main(base + ["--features", "labels", "--labels", str(empty), "--out", str(far_case["dir"] / "d")]) == 2
     assert "No player" in capsys.readouterr().err
+
+
+def test_anytime_results_stream_and_the_final_folder_is_the_non_streaming_one(far_case):
+    """partial/ folders appear (with the coalitions spent) while the estimate runs; the final folder equals a
+    non-streaming run with the same seed, with no partial/ left behind."""
+    seen = []
+
+    class Recorder(JsonLinesProgress):
+        """The CLI's --progress json, also reading each partial folder when it is announced."""
+
+        def event(self, name, **fields):
+            super().event(name, **fields)
+            line = self.stream.getvalue().splitlines()[-1]
+            seen.append((parse_event(line)["event"], json.loads(line[len(EVENT_PREFIX):]), read_result(fields["path"])))
+
+    def request(name):
+        return ExplainRequest(images=far_case["images"], models=[far_case["model"]], out=str(far_case["dir"] / name), targets=["1"],
+                              value="tp", roi_mask=far_case["roi"], method="region-shap", budget=100, seed=4,
+                              region=RegionOptions(features="supervoxel", n_players=8))
+
+    streamed = run(request("streamed"), Recorder(io.StringIO()), partial=True)
+    quiet = run(request("quiet"))
+    assert seen and all(name == "partial" for name, _, _ in seen)
+    for _, fields, doc in seen:
+        assert fields["path"] == str(streamed.absolute() / "partial") and set(fields) == {"event", "path", "coalitions", "budget"}
+        assert doc["partial"] == {"coalitions": fields["coalitions"], "budget": 100} and fields["coalitions"] <= 100
+        assert len(doc["players"]) == len(read_result(quiet)["players"])
+    assert not (streamed / "partial").exists()
+    assert sorted(p.name for p in streamed.iterdir()) == sorted(p.name for p in quiet.iterdir())
+    a, b = read_result(streamed), read_result(quiet)
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("provenance", "request")}
+    assert strip(a) == strip(b) and not a["estimation"]["exact"] and a["estimation"]["replicates"][0] > 1
+    for key in a["maps"].values():
+        assert np.array_equal(read_volume(streamed / key)[0], read_volume(quiet / key)[0])
+
+
+def test_terminal_shows_partial_top_regions_with_no_plus_minus_for_null(tmp_path):
+    from SegXAILib.progress import TerminalProgress
+
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "result.json").write_text(json.dumps({"top_k": [
+        {"name": "sv 3", "value": 0.12, "std_error": None}, {"name": "sv 1", "value": -0.05, "std_error": 0.01}]}))
+    stream = io.StringIO()
+    TerminalProgress(stream).event("partial", path=str(tmp_path / "partial"), coalitions=40, budget=512)
+    line = stream.getvalue().strip()
+    assert line.startswith("partial map: 40/512 coalitions; top: sv 3 +0.120, sv 1 -0.050±0.010")
+    assert "sv 3 +0.120±" not in line

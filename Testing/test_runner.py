@@ -46,6 +46,7 @@ def test_progress_events_and_log_lines_stream_while_running():
         for i in range(1, 5):
             print(format_event("progress", done=i, total=4, stage="coalitions", elapsed_s=i * 0.1, eta_s=(4 - i) * 0.1), file=sys.stderr, flush=True)
             time.sleep(0.05)
+        print(format_event("partial", path="/tmp/result-dir/partial", coalitions=40, budget=512), file=sys.stderr, flush=True)
         print(format_event("done", out="/tmp/result-dir"), file=sys.stderr, flush=True)
     """), env=engine_environment()).start()
     assert runner.state == RunState.RUNNING
@@ -59,7 +60,8 @@ def test_progress_events_and_log_lines_stream_while_running():
     assert runner.state == RunState.DONE and runner.returncode == 0 and runner.error is None
     assert [m.line for m in seen if m.event is None] == ["loading models"]
     kinds = [m.event["event"] for m in seen if m.event]
-    assert kinds == ["started", "progress", "progress", "progress", "progress", "done"]
+    assert kinds == ["started", "progress", "progress", "progress", "progress", "partial", "done"]
+    assert runner.partial == {"path": "/tmp/result-dir/partial", "coalitions": 40, "budget": 512}  # an anytime result to load
     assert fractions == sorted(fractions) and fractions[-1] == 1.0  # progress only moves forward
     assert runner.stage == "coalitions" and runner.out_dir == "/tmp/result-dir"
     assert runner.eta_s is None  # no estimate once finished
@@ -206,13 +208,20 @@ def test_explain_argv_parses_back_to_the_same_request():
                                    factory="pkg.mod:build", factory_kwargs={"a": 1}, folds=["0", "2"], checkpoint="checkpoint_best.pth",
                                    mirroring=False),
         region=RegionOptions(features="organ", labels="organs.nii.gz", label_names={1: "liver", 2: "spleen"},
-                             cell_mm=12.5, mask_share=0.7, top_k=5),
-        causal=CausalOptions(intervention="baseline", min_samples=4, max_samples=12, tolerance=0.02, mask_share=0.7,
+                             cell_mm=12.5, mask_share=0.7, top_k=5, estimator="permutation", tolerance=0.02),
+        causal=CausalOptions(intervention="baseline", min_samples=4, max_samples=12, mask_share=0.7,
                              components=["encoder.0", "decoder.1"], component_unit="block"))
     argv = explain_argv(request, python="/opt/PythonSlicer")
     assert argv[:4] == ["/opt/PythonSlicer", "-m", "SegXAILib.cli", "explain"] and argv[-2:] == ["--progress", "json"]
     args = cli.build_parser().parse_args(argv[3:])
     assert cli._request(args).to_json() == request.to_json()
+
+    causal = ExplainRequest(images=["a.nii.gz"], models=["m.pt"], out="o", targets=["1"], roi_mask="roi.nii.gz", method="causal",
+                            causal=CausalOptions(tolerance=0.03))   # one --tolerance, read by the method in use
+    assert cli._request(cli.build_parser().parse_args(explain_argv(causal)[3:])).to_json() == causal.to_json()
+    with pytest.raises(ValueError, match="region-shap only"):
+        explain_argv(ExplainRequest(images=["a"], models=["m"], out="o", targets=["1"], roi_mask="r", method="causal",
+                                    region=RegionOptions(tolerance=0.1)))
 
     minimal = ExplainRequest(images=["a.nii.gz"], models=["m.pt"], out="o", targets=["1"], roi_mask="roi.nii.gz")
     short = explain_argv(minimal, progress="none")

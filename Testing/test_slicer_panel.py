@@ -380,3 +380,118 @@ def test_final_result_over_several_targets_replaces_the_partial_run(panel, tmp_p
     count = one.GetNumberOfNodes()
     mrml.load_results(one, final)
     assert scene.GetNumberOfNodes() - before == one.GetNumberOfNodes() - count
+
+
+# ------------------------------------------------------------------------------------------------ the widget, Qt stood in for
+class _Anything:
+    """Any Qt widget the panel only writes to (labels, buttons, progress bar, log, group boxes)."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: False
+
+
+class _ListBox(_Anything):
+    def __init__(self):
+        self.rows, self.selected = [], set()
+
+    @property
+    def count(self):
+        return len(self.rows)
+
+    def item(self, i):
+        return types.SimpleNamespace(text=lambda: self.rows[i])
+
+    def clear(self):
+        self.rows = []
+
+    def addItems(self, rows):
+        self.rows += list(rows)
+
+    def selectedItems(self):
+        return [types.SimpleNamespace(text=lambda r=r: r) for r in self.rows if r in self.selected]
+
+
+class _Ui:
+    def __init__(self):
+        self.modelsListWidget = _ListBox()
+        self.targetComboBox = types.SimpleNamespace(count=0, currentText="", itemText=lambda i: "", blockSignals=lambda b: False,
+                                                    clear=lambda: None, addItems=lambda items: None, setEditText=lambda t: None)
+
+    def __getattr__(self, name):
+        return _Anything()
+
+
+def test_apply_asks_trust_once_per_untrusted_model(panel, blob_case, tmp_path, monkeypatch):
+    """Apply reads the models in the background, asks only about the model whose format runs code, remembers the
+    answer outside the scene, asks again when that model's files change, and edits the model list as a list."""
+    import contextlib
+
+    import slicer
+    import torch
+
+    from SegXAILib import mrml_adapter as mrml
+    from SegXAILib.volumes import read_volume
+
+    m = panel.module
+    asked = []
+
+    @contextlib.contextmanager
+    def passthrough(*args, **kwargs):
+        yield
+
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", passthrough)
+    monkeypatch.setattr(slicer.util, "confirmYesNoDisplay", lambda text, **kw: asked.append(text) or True, raising=False)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda *a, **kw: None, raising=False)
+    settings = types.SimpleNamespace(fileName=lambda: str(tmp_path / "settings" / "Slicer.ini"))
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(userSettings=lambda: settings, temporaryPath=str(tmp_path)), raising=False)
+
+    scene = mrml.new_scene(tmp_path / "cache")
+    widget = m.SegXAIWidget()
+    widget.ui, widget.logic, widget._timer = _Ui(), m.SegXAILogic(scene=scene), _Anything()
+    widget.runs = panel.runs.PanelRuns(scene, sys.executable)
+    p = widget.logic.getParameterNode()
+    widget._parameterNode = p
+    for c, path in enumerate(blob_case["images"]):
+        array, geometry = read_volume(path)
+        setattr(p, f"image{c}", mrml.add_volume(scene, array, geometry, "ABC"[c]))
+    pickled = tmp_path / "state_dict.pt"
+    torch.save({"weight": torch.zeros(2)}, pickled)
+    p.models = f"{blob_case['model']}\n{pickled}"
+    p.channelNames, p.target, p.device, p.outputFolder = "A,B,C", "1", "cpu", tmp_path / "results"
+    p.roi = mrml.add_roi_node(scene, *mrml.bounding_box_ras(np.ones(geometry.shape, bool), geometry, 0))
+
+    widget.updateGUIFromParameterNode()
+    assert widget.ui.modelsListWidget.rows == [blob_case["model"], str(pickled)]
+
+    def apply_and_finish():
+        asked.clear()
+        widget.onApplyButton()
+        end = time.monotonic() + 120
+        while widget.runs.runner is None and time.monotonic() < end:  # models read in the background first
+            widget.onPoll()
+            time.sleep(0.05)
+        widget.onApplyButton()  # now the Cancel button: this test needs the command line, not the run
+        while widget.runs.busy and time.monotonic() < end:
+            widget.onPoll()
+            time.sleep(0.05)
+        widget.onPoll()
+        return widget.runs.runner
+
+    runner = apply_and_finish()
+    assert len(asked) == 1 and str(pickled) in asked[0]  # TorchScript runs no code on load: not asked about
+    assert "--trust" in runner.argv and runner.state.finished
+    assert widget.runs.descriptions[str(pickled)]["needs_trust"] is True
+    widget.runs.runner = None
+    assert apply_and_finish() is not None and asked == []  # trusted before, on this computer: not asked again
+    torch.save({"weight": torch.ones(2)}, pickled)  # other weights at the same path
+    widget.runs.runner = None
+    apply_and_finish()
+    assert len(asked) == 1 and str(pickled) in asked[0]
+    assert not any("trust" in name.lower() for name in _parameter_fields())
+
+    widget.ui.modelsListWidget.selected = {str(pickled)}
+    widget.onRemoveModels()
+    assert p.modelPaths() == [blob_case["model"]]
+    widget.updateGUIFromParameterNode()
+    assert widget.ui.modelsListWidget.rows == [blob_case["model"]]
+    widget.runs.close()
