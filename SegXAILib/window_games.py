@@ -184,3 +184,26 @@ def window_game_shapley(evaluator, value: str, target: Target, ref: torch.Tensor
             phi[union] += exact_shapley(values, m)
     return {"values": phi, "std_error": np.zeros(evaluator.n_players), "v_empty": v_empty, "v_full": v_full,
             "evaluations": passes, "exact": True, "estimator": "window-games"}
+
+
+# ----- region SHAP hook -------------------------------------------------------------------------------------
+ESTIMATORS = ("permutation-cached", "window-games")
+
+
+def estimate_on_evaluator(name: str, evaluator, value: str, value_fn, target: Target, ref, budget: int | None, seed: int,
+                          stage: str = "coalitions") -> dict:
+    """Region SHAP's entry: `name` from ESTIMATORS on the evaluator's game (`budget` None: enumeration fits)."""
+    if name == "window-games":
+        return window_game_shapley(evaluator, value, target, ref, max_passes=budget)
+    n = evaluator.n_players
+
+    def evaluate(coalitions):
+        return evaluator.evaluate(coalitions, lambda z: [value_fn(z, target, ref)], stage=stage, group=len(coalitions))[:, 0]
+
+    if budget is None:
+        from .estimators import estimate_shapley
+        return estimate_shapley(evaluate, n, None)
+    if budget < 2 * (n + 1):
+        raise InputError(f"A budget of {budget} is below one antithetic permutation pair ({2 * (n + 1)} coalitions for {n} players).",
+                         f"Raise --budget to at least {2 * (n + 1)}, or use --estimator kernelshap.")
+    return permutation_shapley(evaluate, n, budget, seed)

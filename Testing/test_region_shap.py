@@ -140,3 +140,17 @@ def test_bad_region_inputs(far_case, capsys):
     empty = write_volume(np.zeros(SHAPE, np.uint8), far_case["geo"], far_case["dir"] / "empty.nii.gz")
     assert main(base + ["--features", "labels", "--labels", str(empty), "--out", str(far_case["dir"] / "d")]) == 2
     assert "No player" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("estimator", ["window-games", "permutation-cached"])
+def test_window_cache_estimators_in_region_shap(far_case, estimator):
+    """Region SHAP with the window-cache estimators: window games equal exact enumeration; permutations sum to v(N) − v(∅)."""
+    exact = read_result(run(_request(far_case, far_case["dir"] / "exact", features="labels", labels=far_case["labels"])))
+    request = _request(far_case, far_case["dir"] / estimator, features="labels", labels=far_case["labels"], estimator=estimator)
+    request.budget = 4 * (len(exact["players"]) + 1)
+    got = read_result(run(request))
+    assert got["estimation"]["estimator"] == estimator
+    values, reference = (np.array([p["value"] for p in r["players"]]) for r in (got, exact))
+    if estimator == "window-games":
+        assert got["estimation"]["exact"] and np.abs(values - reference).max() <= 1e-6
+    assert got["efficiency_gap"] < 1e-9

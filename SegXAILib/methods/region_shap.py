@@ -22,6 +22,8 @@ from ..progress import CancelToken, ProgressFn, no_progress
 from ..targets import parse_target
 from ..values import value_function
 from ..volumes import resample_to
+from ..window_games import ESTIMATORS as CACHE_ESTIMATORS
+from ..window_games import estimate_on_evaluator
 from ..windows import make_grid
 from .base import ExplainInputs, MethodResult, baseline_values, model_case
 from .contrast_shapley import _references
@@ -98,8 +100,11 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
         ref_labels = mc.reference[mc.roi] if mc.reference is not None else None
         ref, = _references([target], full, ref_labels, request.value, model.name)
         stage = f"{model.name} [{m + 1}/{len(inputs.models)}]"
-        estimate = estimate_shapley(lambda c: evaluator.evaluate(c, lambda z: [vf(z, target, ref)], stage=stage)[:, 0],
-                                    players.n, budget, options.estimator, request.seed)
+        if options.estimator in CACHE_ESTIMATORS:   # estimators that fit the window cache (window_games.py)
+            estimate = estimate_on_evaluator(options.estimator, evaluator, request.value, vf, target, ref, budget, request.seed, stage)
+        else:
+            estimate = estimate_shapley(lambda c: evaluator.evaluate(c, lambda z: [vf(z, target, ref)], stage=stage)[:, 0],
+                                        players.n, budget, options.estimator, request.seed)
         per_model.append(estimate)
         stats.append({"model": model.name, **evaluator.stats.to_json()})
     return [_result(inputs, target, players, first, per_model, stats, budget)]
