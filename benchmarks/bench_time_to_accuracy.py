@@ -345,7 +345,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, shapiq {version("shapiq")}", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, shapiq {version('shapiq')}", flush=True)
     with tempfile.TemporaryDirectory() as work:
         makers = {"brain": brain_game, "ct": ct_game, "brats": lambda: brats_game(Path(work))}
         if args.write_reference:
