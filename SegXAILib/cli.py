@@ -1,8 +1,9 @@
 """`segxai` command line: explain, describe-model, evaluate, demo.
 
 Exit codes: 0 done, 2 bad input, 3 model problem, 4 not enough memory, 130 cancelled (Ctrl-C / SIGTERM).
-With `--progress json` the machine-readable `SEGXAI_EVENT` lines go to stderr (started, progress, done, error),
-which is what the Slicer runner and the web front end read.
+With `--progress json` the machine-readable `SEGXAI_EVENT` lines go to stderr (started, progress, partial, done,
+error), which is what the Slicer runner and the web front end read. `explain` writes anytime results into
+OUT/partial/ while a long estimate runs (the terminal shows the current top regions).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 from .errors import Cancelled, InputError, MemoryBudgetError, ModelError, SegXAIError
 from .models import ModelOptions, describe_model
 from .progress import JsonLinesProgress, TerminalProgress, format_event, no_progress
-from .estimators import APPROXIMATORS
+from .estimators import APPROXIMATORS, DEFAULT_ESTIMATOR
 from .window_games import ESTIMATORS as CACHE_ESTIMATORS
 from .players import KINDS
 from .request import CausalOptions, ExplainRequest, GradientOptions, RegionOptions, TracInOptions
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     size = r.add_mutually_exclusive_group()
     size.add_argument("--n-players", type=int, default=64, help="number of supervoxels (approximate)")
     size.add_argument("--cell-mm", type=float, help="lattice cell size in mm")
-    r.add_argument("--estimator", default="kernelshap", choices=list(APPROXIMATORS) + list(CACHE_ESTIMATORS),
+    r.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=list(APPROXIMATORS) + list(CACHE_ESTIMATORS),
                    help="shapiq approximator when not exact, or one that fits the window cache: permutation-cached "
                         "(antithetic permutations), window-games (exact, for values summed over voxels)")
     r.add_argument("--mask-share", type=float, default=0.8, help="share of positive attribution the global mask holds")
@@ -86,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--intervention", default="shift", choices=["shift", "baseline"], help="in-distribution (tissue from elsewhere in the case) or the baseline")
     c.add_argument("--min-samples", type=int, default=3)
     c.add_argument("--max-samples", type=int, default=30)
-    c.add_argument("--tolerance", type=float, default=0.01, help="stop sampling a region once its 95%% interval half-width is below this")
+    e.add_argument("--tolerance", type=float, help="stop early once precise enough (the budget stays an upper bound). Region SHAP: "
+                   "once every standard error is at most this (default: spend the budget); causal: once a region's 95%% "
+                   "interval half-width is below this (default 0.01)")
     c.add_argument("--components", help="network modules to switch to their mean activation, comma-separated (see describe-model)")
     c.add_argument("--component-unit", default="channel", choices=["channel", "block"])
     g = e.add_argument_group("gradient baselines (occlusion: regions as for region SHAP)")
@@ -141,9 +144,11 @@ def _request(args) -> ExplainRequest:
                           clinician_ranking=args.clinician_ranking, batch_size=args.batch_size, model_options=_model_options(args),
                           region=RegionOptions(features=args.features, labels=args.labels, n_players=args.n_players, cell_mm=args.cell_mm,
                                                label_names={int(k): v for k, v in (args.label_names or {}).items()} or None,
-                                               estimator=args.estimator, mask_share=args.mask_share, top_k=args.top_k),
+                                               estimator=args.estimator, mask_share=args.mask_share, top_k=args.top_k,
+                                               tolerance=args.tolerance if args.method == "region-shap" else None),
                           causal=CausalOptions(intervention=args.intervention, min_samples=args.min_samples, max_samples=args.max_samples,
-                                               tolerance=args.tolerance, mask_share=args.mask_share,
+                                               tolerance=args.tolerance if args.method == "causal" and args.tolerance is not None
+                                               else CausalOptions.tolerance, mask_share=args.mask_share,
                                                components=args.components.split(",") if args.components else None,
                                                component_unit=args.component_unit),
                           gradients=GradientOptions(kind=args.gradient, output=args.gradient_output, n_steps=args.ig_steps,
@@ -179,7 +184,7 @@ def _explain(args) -> int:
     request = _request(args)
     if args.progress == "json":
         print(format_event("started", method=request.method, targets=request.targets, out=request.out), file=sys.stderr, flush=True)
-    out = run(request, _progress(args.progress), _cancel_on_signals())
+    out = run(request, _progress(args.progress), _cancel_on_signals(), partial=True)
     if args.progress == "json":
         print(format_event("done", out=str(out)), file=sys.stderr, flush=True)
     print(f"Result written to {out}")

@@ -1,12 +1,21 @@
-"""Shapley estimators over a game given as values of coalitions.
+"""Shapley estimators over a game given as values of coalitions, with standard errors that mean what they say.
 
 Coalitions are bitmasks: bit p set = player p present. `all_coalitions(n)` enumerates the 2^n coalitions as a
 bool matrix whose row index *is* the bitmask, so `exact_shapley` reads v(S) and v(S ∪ {i}) by integer index.
+
+When 2^n does not fit the budget, `estimate_shapley` runs a shapiq approximator as R independent *replicates*
+(each with its own seed and a share of the budget). The reported value is their mean and its standard error is
+sd/√R: the uncertainty of the very number reported, whatever the estimator (a bootstrap of some other estimator
+would not be). Coalitions are evaluated once (`RecordingGame`), so the coalitions replicates share (the empty and
+full coalitions, shapiq's border sizes) are paid once and the budget — an upper bound on distinct coalitions —
+buys more replicates. Replicates also give anytime results (a map after the first one) and a stopping rule
+(`tolerance`). Testing/test_estimators.py checks that φ̂ ± 1.96·SE covers the exact value about 95 % of the time.
 """
 
 from __future__ import annotations
 
 from math import factorial
+from typing import Callable
 
 import numpy as np
 
@@ -38,15 +47,47 @@ def exact_shapley(values: np.ndarray, n: int) -> np.ndarray:
     return phi
 
 
-APPROXIMATORS = ("kernelshap", "unbiased-kernelshap", "svarm", "permutation", "stratified", "owen", "kadd-shap")
+def _leverage(n: int, seed: int):
+    """Paired KernelSHAP sampling coalition sizes uniformly (leverage-score weights, Musco & Witter)."""
+    import shapiq
+
+    return shapiq.KernelSHAP(n, pairing_trick=True, sampling_weights=np.ones(n + 1), random_state=seed)
+
+
+def _shapiq(name: str, **settings):
+    def make(n: int, seed: int):
+        import shapiq
+
+        return getattr(shapiq, name)(n, random_state=seed, **settings)
+    return make
+
+
+# name -> (maker(n, seed), settings recorded in results, whether its replicate standard error is calibrated)
+APPROXIMATOR_SPECS: dict[str, tuple[Callable, dict, bool]] = {
+    "leverage-kernelshap": (_leverage, {"shapiq": "KernelSHAP", "pairing_trick": True, "sampling_weights": "uniform over sizes"}, True),
+    "kernelshap": (_shapiq("KernelSHAP"), {"shapiq": "KernelSHAP"}, True),
+    "unbiased-kernelshap": (_shapiq("UnbiasedKernelSHAP"), {"shapiq": "UnbiasedKernelSHAP"}, True),
+    "svarm": (_shapiq("SVARM"), {"shapiq": "SVARM"}, True),
+    "permutation": (_shapiq("PermutationSamplingSV"), {"shapiq": "PermutationSamplingSV"}, True),
+    "stratified": (_shapiq("StratifiedSamplingSV"), {"shapiq": "StratifiedSamplingSV"}, True),
+    "owen": (_shapiq("OwenSamplingSV"), {"shapiq": "OwenSamplingSV"}, True),
+    "kadd-shap": (_shapiq("kADDSHAP"), {"shapiq": "kADDSHAP"}, False),  # fits a 2-additive game: biased, no error bar
+}
+APPROXIMATORS = tuple(APPROXIMATOR_SPECS)
+DEFAULT_ESTIMATOR = "leverage-kernelshap"   # fewest coalitions to a given error on our games (see docs/methods.md)
+REPLICATES = 8          # budget split into this many replicates (more when shared coalitions leave room)
+MIN_REPLICATES = 8      # a standard error is reported from this many replicates on (fewer: too noisy to be calibrated)
 
 
 class RecordingGame:
-    """Wraps v(coalitions) so every coalition is evaluated once (cached by bitmask) and recorded for error estimates."""
+    """Wraps v(coalitions) so every coalition is evaluated once (cached by bitmask); len() = distinct coalitions."""
 
     def __init__(self, value_fn, n: int):
         self.value_fn, self.n = value_fn, n
         self.cache: dict[bytes, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.cache)
 
     def __call__(self, coalitions: np.ndarray) -> np.ndarray:
         coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
@@ -57,70 +98,65 @@ class RecordingGame:
             self.cache.update(zip(todo, np.asarray(values, dtype=np.float64)))
         return np.array([self.cache[k] for k in keys])
 
-    def recorded(self) -> tuple[np.ndarray, np.ndarray]:
-        keys = list(self.cache)
-        z = np.unpackbits(np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), -1), axis=1)[:, :self.n].astype(bool)
-        return z, np.array([self.cache[k] for k in keys])
+
+ESTIMATE_KEYS = ("values", "std_error", "v_empty", "v_full", "evaluations", "exact", "estimator", "settings",
+                 "replicates", "budget", "stopped")
+"""What `estimate_shapley` returns (a dict): values (n,); std_error (n,), 0 when exact, None when the estimator cannot
+give a calibrated one (too few replicates, or a biased estimator); v_empty, v_full; evaluations = distinct coalitions
+(the model's real cost); exact; estimator and its settings; replicates; budget; stopped = exact | budget | tolerance."""
 
 
-def _approximator(method: str, n: int, seed: int):
-    import shapiq
-
-    makers = {"kernelshap": lambda: shapiq.KernelSHAP(n, random_state=seed),
-              "unbiased-kernelshap": lambda: shapiq.UnbiasedKernelSHAP(n, random_state=seed),
-              "svarm": lambda: shapiq.SVARM(n, random_state=seed),
-              "permutation": lambda: shapiq.PermutationSamplingSV(n, random_state=seed),
-              "stratified": lambda: shapiq.StratifiedSamplingSV(n, random_state=seed),
-              "owen": lambda: shapiq.OwenSamplingSV(n, random_state=seed),
-              "kadd-shap": lambda: shapiq.kADDSHAP(n, random_state=seed)}
-    if method not in makers:
-        raise ValueError(method)
-    return makers[method]()
+def replicate_budget(n: int, budget: int) -> int:
+    """Coalitions per replicate: the budget shared by REPLICATES, but never fewer than 2n + 2, below which
+    a regression on n players is ill-posed."""
+    return max((budget - 2) // REPLICATES, 2 * n + 2)
 
 
-def kernel_regression(z: np.ndarray, v: np.ndarray, v_empty: float, v_full: float) -> np.ndarray:
-    """Shapley-kernel weighted least squares with the efficiency constraint (what KernelSHAP solves)."""
-    from math import comb
+def estimate_shapley(value_fn, n: int, budget: int | None, method: str = DEFAULT_ESTIMATOR, seed: int = 0,
+                     tolerance: float | None = None, on_partial: Callable[[dict], None] | None = None) -> dict:
+    """Shapley values of a game on n players: exact when 2^n fits the budget, else replicates of an approximator.
 
-    n = z.shape[1]
-    sizes = z.sum(1)
-    keep = (sizes > 0) & (sizes < n)
-    z, v, sizes = z[keep].astype(float), v[keep], sizes[keep]
-    by_size = np.array([0.0] + [(n - 1) / (comb(n, s) * s * (n - s)) for s in range(1, n)] + [0.0])
-    w = by_size[sizes]
-    delta = v_full - v_empty
-    a = z[:, :-1] - z[:, -1:]
-    b = v - v_empty - z[:, -1] * delta
-    sw = np.sqrt(w)
-    head = np.linalg.lstsq(a * sw[:, None], b * sw, rcond=None)[0]
-    return np.append(head, delta - head.sum())
-
-
-def bootstrap_std_error(z: np.ndarray, v: np.ndarray, v_empty: float, v_full: float, seed: int, rounds: int = 200) -> np.ndarray:
-    """Standard error of each player's value: bootstrap over the evaluated coalitions of the kernel regression."""
-    rng = np.random.default_rng(seed)
-    inner = np.flatnonzero((z.sum(1) > 0) & (z.sum(1) < z.shape[1]))
-    if inner.size < 2:
-        return np.full(z.shape[1], np.nan)
-    draws = [kernel_regression(z[s], v[s], v_empty, v_full) for s in (rng.choice(inner, inner.size) for _ in range(rounds))]
-    return np.std(draws, axis=0, ddof=1)
-
-
-def estimate_shapley(value_fn, n: int, budget: int | None, method: str = "kernelshap", seed: int = 0) -> dict:
-    """Shapley values of a game on n players: exact when 2^n fits the budget, else a shapiq approximator.
-
-    Returns values, std_error (0 for exact), v_empty, v_full, the number of distinct coalitions evaluated and
-    whether the values are exact.
+    value_fn: (k, n) bool coalitions -> (k,) values. budget: an upper bound on distinct coalitions (None: exact).
+    Replicates run until the next one might not fit the budget, or, with `tolerance`, until every player's
+    standard error is at most `tolerance` (after MIN_REPLICATES). `on_partial` receives the estimate so far after
+    each replicate (anytime results); it does not change what is computed, so the final estimate is the same
+    with or without it.
     """
+    if method not in APPROXIMATOR_SPECS:
+        raise ValueError(f"unknown estimator {method!r}; choose one of {', '.join(APPROXIMATORS)}")
     game = RecordingGame(value_fn, n)
     if n <= EXACT_LIMIT and (budget is None or budget >= 2 ** n):
         coalitions = all_coalitions(n)
         values = game(coalitions)
-        return {"values": exact_shapley(values, n), "std_error": np.zeros(n), "v_empty": float(values[0]),
-                "v_full": float(values[-1]), "evaluations": len(coalitions), "exact": True, "estimator": "exact"}
+        return _estimate(exact_shapley(values, n), np.zeros(n), values[[0, -1]], len(coalitions), True, "exact", {}, 1, budget, "exact")
+    if budget is None:
+        raise ValueError(f"{n} players are too many to enumerate; give a budget")
+    make, settings, calibrated = APPROXIMATOR_SPECS[method]
+    per = replicate_budget(n, budget)
     ends = game(np.array([np.zeros(n, bool), np.ones(n, bool)]))
-    result = _approximator(method, n, seed).approximate(int(budget), game)
-    values = np.array([result[(i,)] for i in range(n)])
-    z, v = game.recorded()
-    return {"values": values, "std_error": bootstrap_std_error(z, v, ends[0], ends[1], seed), "v_empty": float(ends[0]),
-            "v_full": float(ends[1]), "evaluations": len(game.cache), "exact": False, "estimator": method}
+    seeds = np.random.SeedSequence(seed).generate_state(4096)
+    draws: list[np.ndarray] = []
+    stopped = "budget"
+    while len(draws) < len(seeds) and (not draws or len(game) + per <= budget):
+        result = make(n, int(seeds[len(draws)])).approximate(per, game)
+        draws.append(np.array([result[(i,)] for i in range(n)]))
+        estimate = _summary(draws, ends, len(game), method, {**settings, "replicate_budget": per}, calibrated, budget)
+        if tolerance is not None and estimate["std_error"] is not None and estimate["std_error"].max() <= tolerance:
+            stopped = "tolerance"
+            break
+        if on_partial is not None and len(game) + per <= budget:
+            on_partial(estimate)
+    return {**estimate, "stopped": stopped}
+
+
+def _summary(draws: list[np.ndarray], ends: np.ndarray, evaluations: int, method: str, settings: dict,
+             calibrated: bool, budget: int) -> dict:
+    """The mean of the replicates and its standard error sd/√R (None below MIN_REPLICATES or when not calibrated)."""
+    stack = np.stack(draws)
+    r = len(draws)
+    se = stack.std(0, ddof=1) / np.sqrt(r) if calibrated and r >= MIN_REPLICATES else None
+    return _estimate(stack.mean(0), se, ends, evaluations, False, method, settings, r, budget, "budget")
+
+
+def _estimate(values, std_error, ends, *rest) -> dict:
+    return dict(zip(ESTIMATE_KEYS, (values, std_error, float(ends[0]), float(ends[1]), *rest)))

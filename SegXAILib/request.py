@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from .estimators import DEFAULT_ESTIMATOR
 from .models.options import ModelOptions
 
 
@@ -16,7 +17,8 @@ class RegionOptions:
     label_names: dict[int, str] | None = None
     n_players: int = 64                     # supervoxel / hybrid count (lattice: when no cell size is given)
     cell_mm: float | None = None            # lattice cell size
-    estimator: str = "kernelshap"           # a shapiq approximator (see estimators.APPROXIMATORS) when not exact
+    estimator: str = DEFAULT_ESTIMATOR      # a shapiq approximator (see estimators.APPROXIMATORS) when not exact
+    tolerance: float | None = None          # stop once every player's standard error is at most this (budget: upper bound)
     mask_share: float = 0.8                 # the global mask holds this share of the positive attribution
     top_k: int = 10
 

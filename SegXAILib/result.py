@@ -24,6 +24,7 @@ from .volumes import Geometry, write_volume
 SCHEMA = "segxai.result/1"
 RESULT_FILE = "result.json"
 INDEX_FILE = "index.json"  # a run over several targets: one result folder per target beside it
+PARTIAL_DIR = "partial"    # anytime results of a run still going (SegXAILib/partial.py); replaced by the final result
 
 
 def sha256(path: str | Path) -> str:
@@ -60,9 +61,10 @@ def provenance(**fields: Any) -> dict:
 
 
 def check_destination(out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Refuses to write over an existing non-empty folder unless `overwrite` (then only a previous result is replaced)."""
+    """Refuses to write over an existing non-empty folder unless `overwrite` (then only a previous result is replaced).
+    A folder holding only partial/ is this run's own anytime result, which the final result replaces."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != PARTIAL_DIR for p in out.iterdir())):
         if not overwrite:
             raise InputError(f"The output folder {out} already exists and is not empty.",
                              "Choose a new --out folder (results are never overwritten), or pass --overwrite to replace an earlier SegXAI result.")

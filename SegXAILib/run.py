@@ -2,7 +2,8 @@
 
 Order matters for the user: the destination is checked first (so a long run never ends in "folder exists"),
 then inputs and models are loaded and checked, and only then the method runs. Nothing is written until the
-whole result is ready, and then atomically.
+whole result is ready, and then atomically — except, when asked, anytime results in OUT/partial/, which the final
+result replaces (and a failed or cancelled run removes).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from .evaluator import pick_device
 from .methods import causal, contrast_shapley, gradients, region_shap, tracin
 from .methods.base import ExplainInputs, MethodResult
 from .models import load_models
-from .progress import CancelToken, ProgressFn, check_cancel, no_progress
+from .partial import PartialWriter
+from .progress import CancelToken, ProgressFn, check_cancel, emit, no_progress
 from .request import ExplainRequest
 from .result import check_destination, provenance, write_result, write_results
 from .volumes import box_mask, load_case, load_mask
@@ -65,24 +67,41 @@ def load_inputs(request: ExplainRequest) -> ExplainInputs:
     return ExplainInputs(request, case, roi, reference, truth, labels, models, pick_device(request.device))
 
 
-def run(request: ExplainRequest, progress: ProgressFn = no_progress, cancel: CancelToken | None = None) -> Path:
-    """Runs the request and writes its result folder; returns its path."""
+def run(request: ExplainRequest, progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
+        partial: bool = False) -> Path:
+    """Runs the request and writes its result folder; returns its path.
+
+    partial: write anytime results into OUT/partial/ while a long estimate runs, each announced through
+    `progress.event("partial", ...)` (see SegXAILib/partial.py); the final folder is the same either way.
+    """
     started = time.perf_counter()
     check_destination(request.out, request.overwrite)
     seed_everything(request.seed)
     inputs = load_inputs(request)
     loaded = time.perf_counter()
-    results: list[MethodResult] = METHODS[request.method](inputs, progress, cancel)
-    check_cancel(cancel)
+    base = dict(seed=request.seed, budget=request.budget, device=str(inputs.device), torch_threads=torch.get_num_threads(),
+                models=[{"name": m.name, "format": m.format, "source": m.source, "sha256": m.sha256, "window": m.window.to_json(),
+                         "preprocessing": m.preprocessing} for m in inputs.models],
+                images=list(request.images), geometry=inputs.case.geometry.to_json(), channel_names=inputs.case.channel_names)
+
+    def compose(r: MethodResult, timings: dict | None = None) -> tuple[dict, dict, dict]:
+        now = time.perf_counter()
+        timings = timings or {"load_s": round(loaded - started, 3), "explain_s": round(now - loaded, 3), "total_s": round(now - started, 3)}
+        prov = provenance(**base, timings=timings)
+        return {**r.result, "request": request.to_json(), "provenance": {**prov, "evaluator": r.stats}}, r.maps, r.files
+
+    writer = PartialWriter(request.out, compose, lambda event, **fields: emit(progress, event, **fields)) if partial else None
+    inputs.on_partial = writer
+    try:
+        results: list[MethodResult] = METHODS[request.method](inputs, progress, cancel)
+        check_cancel(cancel)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
     finished = time.perf_counter()
-    prov = provenance(
-        seed=request.seed, budget=request.budget, device=str(inputs.device), torch_threads=torch.get_num_threads(),
-        timings={"load_s": round(loaded - started, 3), "explain_s": round(finished - loaded, 3), "total_s": round(finished - started, 3)},
-        models=[{"name": m.name, "format": m.format, "source": m.source, "sha256": m.sha256, "window": m.window.to_json(),
-                 "preprocessing": m.preprocessing} for m in inputs.models],
-        images=list(request.images), geometry=inputs.case.geometry.to_json(), channel_names=inputs.case.channel_names)
-    docs = {r.target: ({**r.result, "request": request.to_json(), "provenance": {**prov, "evaluator": r.stats}}, r.maps, r.files)
-            for r in results}
+    timings = {"load_s": round(loaded - started, 3), "explain_s": round(finished - loaded, 3), "total_s": round(finished - started, 3)}
+    docs = {r.target: compose(r, timings) for r in results}
     if len(docs) == 1:
         (result, maps, files), = docs.values()
         return write_result(request.out, result, maps, request.overwrite, files)

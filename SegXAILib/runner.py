@@ -1,6 +1,7 @@
 """Runs the engine in a subprocess without blocking the caller: the Slicer panel, the web front end and tests.
 
-The engine (`segxai explain ... --progress json`) writes `SEGXAI_EVENT {json}` lines on stderr. `EngineRunner`
+The engine (`segxai explain ... --progress json`) writes `SEGXAI_EVENT {json}` lines on stderr (among them
+`partial`: an anytime result folder to load in place, `runner.partial`). `EngineRunner`
 starts it with stdout and stderr merged into one pipe, reads that pipe in a thread into a queue, and hands lines
 over only when asked: `poll()` (from a `qt.QTimer` in Slicer, so that MRML is only ever touched on the main thread)
 or `waitForCompletion()` (batch use and tests). `cancel()` ends the whole process tree: SIGTERM first (the engine
@@ -44,6 +45,8 @@ def _number(value: float) -> str:
 #   csv     - one flag, items joined by commas                 json   - one flag, the value as JSON
 #   true    - a bare flag when True                            false  - a bare flag when False
 #   none    - no flag: a value other than the default is an error (never dropped silently)
+#   method  - written when the request's method owns the option group (region.* region-shap, causal.* causal);
+#             for any other method it must stay at its default (one flag, a meaning per method: --tolerance)
 # Testing/test_runner.py checks that every field of ExplainRequest is in this table, so a new option cannot be
 # forgotten here, and that the command line parses back (through SegXAILib.cli) to the same request.
 EXPLAIN_FLAGS: tuple[tuple[str, str | None, str], ...] = (
@@ -85,10 +88,11 @@ EXPLAIN_FLAGS: tuple[tuple[str, str | None, str], ...] = (
     ("region.estimator", "--estimator", "value"),
     ("region.mask_share", "--mask-share", "value"),   # the CLI's one --mask-share serves region SHAP and causal
     ("region.top_k", "--top-k", "value"),
+    ("region.tolerance", "--tolerance", "method"),
     ("causal.intervention", "--intervention", "value"),
     ("causal.min_samples", "--min-samples", "value"),
     ("causal.max_samples", "--max-samples", "value"),
-    ("causal.tolerance", "--tolerance", "value"),
+    ("causal.tolerance", "--tolerance", "method"),
     ("causal.confidence", None, "none"),
     ("causal.mask_share", "--mask-share", "value"),
     ("causal.components", "--components", "csv"),
@@ -155,6 +159,10 @@ def explain_argv(request: "ExplainRequest", python: str | None = None, progress:
             continue
         if kind not in ("always", "repeat") and value == default:
             continue
+        if kind == "method":
+            owner = {"region": "region-shap", "causal": "causal"}[path.split(".")[0]]
+            if request.method != owner:
+                raise ValueError(f"ExplainRequest.{path} applies to --method {owner} only; leave it at its default ({default!r}).")
         if flag in written:  # --mask-share (checked equal above)
             continue
         written.add(flag)
@@ -251,6 +259,7 @@ class EngineRunner:
         self.log: deque[str] = deque(maxlen=max_log_lines)
         self.events: list[dict] = []
         self.out_dir: str | None = self._argv_value("--out")
+        self.partial: dict | None = None  # the latest anytime result: {"path": OUT/partial, "coalitions", "budget"}
         self.stage: str = ""
         self.done_units = 0
         self.total_units = 0
@@ -342,6 +351,8 @@ class EngineRunner:
             self._eta = (float(eta), time.monotonic()) if eta is not None else None
         elif kind == "started" and event.get("out"):
             self.out_dir = str(event["out"])
+        elif kind == "partial" and event.get("path"):
+            self.partial = {k: event.get(k) for k in ("path", "coalitions", "budget")}
         elif kind == "done" and event.get("out"):
             self.out_dir = str(event["out"])
         elif kind == "error":

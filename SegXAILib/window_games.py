@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .estimators import exact_shapley
+from .estimators import MIN_REPLICATES, exact_shapley
 from .targets import Target
 
 CELL_PLAYER_LIMIT = 16      # a cell game is enumerated over at most 2^16 coalitions
@@ -38,17 +38,20 @@ def permutation_coalitions(order: np.ndarray) -> np.ndarray:
     return z
 
 
-def permutation_shapley(evaluate, n: int, budget: int, seed: int = 0, on_pair=None) -> dict:
-    """Antithetic permutation sampling: pairs (π, reversed π) until `budget` coalitions (n+1 per permutation) are used.
+def permutation_shapley(evaluate, n: int, budget: int, seed: int = 0, on_pair=None, tolerance: float | None = None) -> dict:
+    """Antithetic permutation sampling: pairs (π, reversed π) until `budget` coalitions (n+1 per permutation) are used,
+    or, with `tolerance`, until every standard error is at most it (after MIN_REPLICATES pairs).
 
     `evaluate(coalitions (m, n) bool) -> (m,) values` must evaluate a whole batch in one call so that the evaluator
     can share window runs between the prefixes. `on_pair(values, std_error, pairs)` sees each running estimate.
+    Pairs are independent, so sd/√pairs is a calibrated standard error.
     """
     per_pair = 2 * (n + 1)
     pairs = max(1, budget // per_pair)
     rng = np.random.default_rng(seed)
     samples = np.zeros((pairs, n))
     v_empty = v_full = None
+    stopped = "budget"
     for k in range(pairs):
         order = rng.permutation(n)
         z = np.concatenate([permutation_coalitions(order), permutation_coalitions(order[::-1])])
@@ -58,9 +61,14 @@ def permutation_shapley(evaluate, n: int, budget: int, seed: int = 0, on_pair=No
             samples[k, perm] += 0.5 * np.diff(half)
         if on_pair is not None:
             on_pair(*_mean_se(samples[:k + 1]), k + 1)
+        if tolerance is not None and k + 1 >= MIN_REPLICATES and _mean_se(samples[:k + 1])[1].max() <= tolerance:
+            samples, stopped = samples[:k + 1], "tolerance"
+            break
     values, std_error = _mean_se(samples)
-    return {"values": values, "std_error": std_error, "v_empty": float(v_empty), "v_full": float(v_full),
-            "evaluations": pairs * per_pair, "permutation_pairs": pairs, "exact": False, "estimator": "permutation-cached"}
+    return {"values": values, "std_error": std_error if len(samples) >= MIN_REPLICATES else None, "v_empty": float(v_empty),
+            "v_full": float(v_full), "evaluations": len(samples) * per_pair, "exact": False, "estimator": "permutation-cached",
+            "settings": {"antithetic": True, "pairs": len(samples)}, "replicates": len(samples), "budget": budget,
+            "stopped": stopped}
 
 
 def _mean_se(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +191,8 @@ def window_game_shapley(evaluator, value: str, target: Target, ref: torch.Tensor
         if m:
             phi[union] += exact_shapley(values, m)
     return {"values": phi, "std_error": np.zeros(evaluator.n_players), "v_empty": v_empty, "v_full": v_full,
-            "evaluations": passes, "exact": True, "estimator": "window-games"}
+            "evaluations": passes, "exact": True, "estimator": "window-games", "settings": {"window_runs": passes,
+            "largest_cell_players": largest}, "replicates": 1, "budget": max_passes, "stopped": "exact"}
 
 
 # ----- region SHAP hook -------------------------------------------------------------------------------------
@@ -191,8 +200,9 @@ ESTIMATORS = ("permutation-cached", "window-games")
 
 
 def estimate_on_evaluator(name: str, evaluator, value: str, value_fn, target: Target, ref, budget: int | None, seed: int,
-                          stage: str = "coalitions") -> dict:
-    """Region SHAP's entry: `name` from ESTIMATORS on the evaluator's game (`budget` None: enumeration fits)."""
+                          stage: str = "coalitions", tolerance: float | None = None, on_partial=None) -> dict:
+    """Region SHAP's entry: `name` from ESTIMATORS on the evaluator's game (`budget` None: enumeration fits).
+    `on_partial(estimate)` receives the running permutation estimate after each pair (anytime results)."""
     if name == "window-games":
         return window_game_shapley(evaluator, value, target, ref, max_passes=budget)
     n = evaluator.n_players
@@ -205,5 +215,18 @@ def estimate_on_evaluator(name: str, evaluator, value: str, value_fn, target: Ta
         return estimate_shapley(evaluate, n, None)
     if budget < 2 * (n + 1):
         raise InputError(f"A budget of {budget} is below one antithetic permutation pair ({2 * (n + 1)} coalitions for {n} players).",
-                         f"Raise --budget to at least {2 * (n + 1)}, or use --estimator kernelshap.")
-    return permutation_shapley(evaluate, n, budget, seed)
+                         f"Raise --budget to at least {2 * (n + 1)}, or use another --estimator.")
+    ends = []
+
+    def partial(values, std_error, pairs):
+        if on_partial is not None and ends:
+            on_partial({"values": values, "std_error": std_error if pairs >= MIN_REPLICATES else None, "v_empty": ends[0],
+                        "v_full": ends[1], "evaluations": pairs * 2 * (n + 1), "exact": False, "estimator": name,
+                        "settings": {"antithetic": True, "pairs": pairs}, "replicates": pairs, "budget": budget, "stopped": "budget"})
+
+    def evaluate_ends(coalitions):
+        v = evaluate(coalitions)
+        ends[:] = [float(v[0]), float(v[n])]
+        return v
+
+    return permutation_shapley(evaluate_ends, n, budget, seed, on_pair=partial, tolerance=tolerance)

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_time_to_accuracy.py --quick            # brain demo case only (< 10 min on 2 idle cores)
     python benchmarks/bench_time_to_accuracy.py [--cases brain,ct,brats] [--seeds 5] [--cap-factor 12] [--json PATH]
-    python benchmarks/bench_time_to_accuracy.py --write-reference brain --reference-estimator permutation-cached
+    python benchmarks/bench_time_to_accuracy.py --write-reference brain --reference-seed 1000   # (and 1001, …)
 
 Both sides play the same game: the same players (supervoxels in the ROI's support crop, or organs), the same
 sliding-window grid and Gaussian fusion, the same baseline (0 in model space) and the same value (soft Dice of the
@@ -12,14 +12,15 @@ target inside the ROI against the model's own full prediction). Outside the play
   `sliding_window_inference`. Captum is not incremental, so it runs a doubling ladder of budgets from scratch, and
   its time is the time of the first (smallest) budget whose map passes: the budget an oracle would have picked.
 - SegXAI: a fresh ROI-restricted `Evaluator` (windows over the ROI only, memoised window logits, timed from its
-  construction) and a cache-fit estimator. `permutation-cached` (window_games.py) is anytime: its time is when its
-  running estimate first passes. `kernelshap-paired` (shapiq KernelSHAP with pairing and leverage weights) runs the
-  same doubling ladder as Captum.
+  construction) and an estimator. `permutation-cached` (window_games.py, fits the window cache) is anytime: its time
+  is when its running estimate first passes. The engine's default `leverage-kernelshap` (replicates of shapiq
+  KernelSHAP with pairing and leverage weights) runs the same doubling ladder as Captum.
 - Passing: relative L2 error ≤ 0.1 against the reference and the same five top regions (largest values).
-- Reference: exact enumeration when the players allow it (organ players); else two different estimators at large
-  budgets (permutation-cached and kernelshap-paired, one shared evaluator), whose agreement is printed; their mean is
-  the reference. Stored in benchmarks/references/ with a fingerprint of the game (players, v(∅), v(N)); a stored
-  reference is used only when the fingerprint matches, else it is recomputed.
+- Reference: exact enumeration when the players allow it (organ players). Else two different estimators on
+  independent samples: the permutation Monte Carlo mean over half of the stored large-budget runs, and the
+  Shapley-kernel regression on the coalitions of the other half; their agreement is printed and their mean is the
+  reference. The runs (`--write-reference`, every coalition and value recorded) live in benchmarks/references/
+  with a fingerprint of the game (players, v(∅), v(N)) and count only when the fingerprint matches.
 - The naive side's time cap is `--cap-factor` × SegXAI's slowest seed (at least `--min-cap` s). A naive run that
   reaches the cap is stopped and reported as "> cap"; the ratio is then a lower bound ("> x×"), never an estimate.
 """
@@ -39,7 +40,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import shapiq
 import torch
 from captum.attr import KernelShap
 from common import CHANNELS, save_segresnet, tumour_roi
@@ -48,7 +48,7 @@ from monai.inferers import sliding_window_inference
 from SegXAILib.demo.brain import make_brain_case
 from SegXAILib.demo.run_demo import CT_MODEL, DEMO_SEED, demo_models, tumour_box
 from SegXAILib.demo.torso import ORGANS, make_torso_case
-from SegXAILib.estimators import RecordingGame, all_coalitions, exact_shapley
+from SegXAILib.estimators import DEFAULT_ESTIMATOR, all_coalitions, estimate_shapley, exact_shapley
 from SegXAILib.evaluator import Evaluator
 from SegXAILib.models import ModelOptions, load_models
 from SegXAILib.players import build_players, support_box
@@ -166,10 +166,8 @@ def _capped(ev: Evaluator, game: Game, deadline: float):
 
 
 def kernelshap_paired(evaluate, n: int, budget: int, seed: int) -> np.ndarray:
-    """shapiq KernelSHAP with paired sampling and leverage (uniform-size) weights."""
-    approx = shapiq.KernelSHAP(n, pairing_trick=True, sampling_weights=np.ones(n + 1), random_state=seed)
-    result = approx.approximate(int(budget), RecordingGame(evaluate, n))
-    return np.array([result[(i,)] for i in range(n)])
+    """The engine's default estimator: replicates of shapiq KernelSHAP with paired sampling and leverage weights."""
+    return estimate_shapley(evaluate, n, budget, DEFAULT_ESTIMATOR, seed)["values"]
 
 
 def passes(phi: np.ndarray, ref: np.ndarray) -> bool:
@@ -227,7 +225,7 @@ def ours_kernelshap(game: Game, seed: int, cap: float, ref: np.ndarray) -> tuple
     return ladder(run, 2 * game.n + 2, cap, ref)
 
 
-OURS = {"permutation-cached": ours_permutation, "kernelshap-paired": ours_kernelshap}
+OURS = {"permutation-cached": ours_permutation, DEFAULT_ESTIMATOR: ours_kernelshap}
 
 
 # ----- reference -------------------------------------------------------------------------------------------
@@ -237,49 +235,86 @@ def _shared_evaluate(game: Game):
     return ev, (lambda c: ev.evaluate(np.atleast_2d(c), game.value, group=len(np.atleast_2d(c)))[:, 0])
 
 
-def write_reference(game: Game, estimator: str, budget: int, seed: int) -> None:
-    """Large-budget estimate, saved as it grows (permutation pairs) so a long run can be stopped and still used."""
+def write_reference(game: Game, seed: int, pairs: int) -> Path:
+    """Antithetic permutation pairs on one evaluator, every coalition and value recorded, saved after each pair
+    (a long run can be stopped and still used; runs with other seeds add to it)."""
     ev, evaluate = _shared_evaluate(game)
     ends = evaluate(np.array([np.zeros(game.n, bool), np.ones(game.n, bool)]))
     REFERENCES.mkdir(exist_ok=True)
-    path = REFERENCES / f"{game.key}.{estimator}.json"
+    path = REFERENCES / f"{game.key}.seed{seed}.json"
+    record = {"game": game.name, "fingerprint": game.fingerprint(*ends), "seed": seed, "torch": torch.__version__,
+              "shapiq": version("shapiq"), "threads": torch.get_num_threads(), "seconds": 0.0, "pairs": []}
     t0 = time.perf_counter()
 
-    def save(values, std_error, used):
-        path.write_text(json.dumps({"game": game.name, "fingerprint": game.fingerprint(*ends), "estimator": estimator,
-                                    "budget": used, "seed": seed, "values": np.asarray(values).tolist(),
-                                    "std_error": None if std_error is None else np.asarray(std_error).tolist(),
-                                    "seconds": time.perf_counter() - t0, "torch": torch.__version__, "shapiq": version("shapiq")},
-                                   indent=1))
-        print(f"  {estimator}: {used} coalitions, {time.perf_counter() - t0:.0f} s", flush=True)
+    def recording(coalitions):
+        values = evaluate(coalitions)
+        bits = (coalitions.astype(np.int64) << np.arange(game.n)).sum(1)
+        record["pairs"].append({"masks": bits.tolist(), "values": values.tolist()})
+        record["seconds"] = time.perf_counter() - t0
+        path.write_text(json.dumps(record))
+        print(f"  seed {seed}: {len(record['pairs'])} permutation pairs, {record['seconds']:.0f} s", flush=True)
+        return values
 
-    if estimator == "permutation-cached":
-        permutation_shapley(evaluate, game.n, budget, seed, on_pair=lambda v, se, k: save(v, se, k * 2 * (game.n + 1)))
-    else:
-        save(kernelshap_paired(evaluate, game.n, budget, seed), None, budget)
+    permutation_shapley(recording, game.n, pairs * 2 * (game.n + 1), seed)
+    return path
+
+
+def _stored_runs(game: Game, fingerprint: dict) -> list[dict]:
+    runs = [json.loads(p.read_text()) for p in sorted(REFERENCES.glob(f"{game.key}.seed*.json"))]
+    return [r for r in runs if r["fingerprint"] == fingerprint and r["pairs"]]
+
+
+def monte_carlo(runs: list[dict], n: int) -> np.ndarray:
+    """Permutation sampling: the mean marginal contribution along the recorded permutations."""
+    total, count = np.zeros(n), 0
+    for run in runs:
+        for pair in run["pairs"]:
+            for half in (slice(0, n + 1), slice(n + 1, 2 * n + 2)):
+                masks, values = np.array(pair["masks"][half]), np.array(pair["values"][half])
+                added = np.log2(masks[1:] ^ masks[:-1]).round().astype(int)
+                total[added] += np.diff(values)
+                count += 1
+    return total / count
+
+
+def kernel_regression(runs: list[dict], n: int, v_empty: float, v_full: float) -> np.ndarray:
+    """Shapley-kernel least squares on the recorded coalitions (a different estimator from the same kind of samples).
+
+    A permutation prefix of size s is drawn with probability 1 / ((n + 1) C(n, s)); the kernel weight is
+    (n − 1) / (C(n, s) s (n − s)), so each sample is weighted by their ratio, ∝ 1 / (s (n − s))."""
+    masks = np.concatenate([np.array(p["masks"]) for r in runs for p in r["pairs"]])
+    values = np.concatenate([np.array(p["values"]) for r in runs for p in r["pairs"]])
+    z = ((masks[:, None] >> np.arange(n)) & 1).astype(float)
+    size = z.sum(1)
+    keep = (size > 0) & (size < n)
+    z, values, size = z[keep], values[keep], size[keep]
+    sw = np.sqrt(1.0 / (size * (n - size)))
+    a = z[:, :-1] - z[:, -1:]
+    b = values - v_empty - z[:, -1] * (v_full - v_empty)
+    head = np.linalg.lstsq(a * sw[:, None], b * sw, rcond=None)[0]
+    return np.append(head, v_full - v_empty - head.sum())
 
 
 def reference(game: Game) -> tuple[np.ndarray, str]:
-    """Exact when the players are few; else the mean of two stored large-budget estimates whose fingerprint matches."""
+    """Exact when the players are few; else two different estimators on two independent halves of the stored runs."""
     ev, evaluate = _shared_evaluate(game)
     if game.n <= EXACT_UP_TO:
         values = evaluate(all_coalitions(game.n))
         return exact_shapley(values, game.n), f"exact enumeration ({2 ** game.n} coalitions)"
     ends = evaluate(np.array([np.zeros(game.n, bool), np.ones(game.n, bool)]))
     fingerprint = game.fingerprint(*ends)
-    stored = {}
-    for estimator in OURS:
-        path = REFERENCES / f"{game.key}.{estimator}.json"
-        if path.exists() and json.loads(path.read_text())["fingerprint"] == fingerprint:
-            stored[estimator] = json.loads(path.read_text())
-    if len(stored) < 2:
-        sys.exit(f"No stored reference for {game.name} matches this game ({fingerprint}). Compute one (slow):\n"
-                 + "\n".join(f"  python {Path(__file__).name} --write-reference {game.key} --reference-estimator {e}" for e in OURS))
-    a, b = (np.array(s["values"]) for s in stored.values())
-    parts = " and ".join(f"{k} at {s['budget']} coalitions" for k, s in stored.items())
-    agreement = (f"mean of {parts}; they agree to "
-                 f"relative L2 {rel_l2(a, b):.3f} (of each other), top-{TOP} {'identical' if top_set(a) == top_set(b) else 'DIFFERENT'}")
-    return (a + b) / 2, agreement
+    runs = _stored_runs(game, fingerprint)
+    if len(runs) < 2:
+        sys.exit(f"No stored reference runs for {game.name} match this game ({fingerprint}). Compute them (slow; run "
+                 f"several seeds at once, stop them whenever):\n  python {Path(__file__).name} --write-reference {game.key} --reference-seed 1000\n"
+                 f"  python {Path(__file__).name} --write-reference {game.key} --reference-seed 1001")
+    half_a, half_b = runs[0::2], runs[1::2]
+    a, b = monte_carlo(half_a, game.n), kernel_regression(half_b, game.n, *ends)
+    pairs = [sum(len(r["pairs"]) for r in h) for h in (half_a, half_b)]
+    how = (f"mean of permutation Monte Carlo ({pairs[0]} antithetic pairs) and Shapley-kernel regression "
+           f"({pairs[1] * 2 * (game.n + 1)} coalitions from {pairs[1]} other pairs); they agree to relative L2 {rel_l2(a, b):.3f}, "
+           f"top-{TOP} {'identical' if top_set(a) == top_set(b) else 'DIFFERENT'}")
+    return (a + b) / 2, how
 
 
 # ----- the benchmark ---------------------------------------------------------------------------------------
@@ -331,14 +366,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the brain demo case only, permutation-cached only")
     parser.add_argument("--cases", default="brain,ct,brats")
-    parser.add_argument("--estimators", default="permutation-cached,kernelshap-paired")
+    parser.add_argument("--estimators", default=f"permutation-cached,{DEFAULT_ESTIMATOR}")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--cap-factor", type=float, default=12.0, help="naive cap = this × SegXAI's slowest seed")
     parser.add_argument("--min-cap", type=float, default=30.0)
     parser.add_argument("--ours-cap", type=float, default=600.0)
     parser.add_argument("--write-reference", choices=["brain", "brats"])
-    parser.add_argument("--reference-estimator", choices=list(OURS), default="permutation-cached")
-    parser.add_argument("--reference-budget", type=int, default=None, help="coalitions (default: 200 permutation pairs / 8192)")
+    parser.add_argument("--reference-seed", type=int, default=1000)
+    parser.add_argument("--reference-pairs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -349,9 +384,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         makers = {"brain": brain_game, "ct": ct_game, "brats": lambda: brats_game(Path(work))}
         if args.write_reference:
-            game = makers[args.write_reference]()
-            budget = args.reference_budget or (200 * 2 * (game.n + 1) if args.reference_estimator == "permutation-cached" else 8192)
-            write_reference(game, args.reference_estimator, budget, seed=1000)
+            write_reference(makers[args.write_reference](), args.reference_seed, args.reference_pairs)
             return
         cases = ["brain"] if args.quick else args.cases.split(",")
         estimators = ["permutation-cached"] if args.quick else args.estimators.split(",")

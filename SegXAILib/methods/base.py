@@ -8,6 +8,7 @@ and model-grid outputs are mapped back onto the case grid for the result volumes
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ class ExplainInputs:
     labels: np.ndarray | None          # organ / region label map (region players), case grid
     models: list[LoadedModel]
     device: torch.device
+    on_partial: Callable[["MethodResult", int, int | None], None] | None = None  # (result so far, coalitions, budget)
 
 
 @dataclasses.dataclass

@@ -4,7 +4,9 @@ user labels) for the segmentation inside the ROI.
 Players live in the support crop (the windows that overlap the ROI), built on the first model's grid; a removed
 player's voxels take the baseline in every channel. The game runs on the ROI-restricted evaluator, whose
 patch-logit cache re-runs only the windows a coalition changes. Estimation is exact when 2^P fits the budget,
-else a shapiq approximator; each player gets a bootstrap standard error. Outputs: the per-voxel attribution (each
+else replicates of a shapiq approximator (estimators.estimate_shapley), whose spread gives each player a calibrated
+standard error (None where the estimator cannot give one); after each replicate the map so far goes to
+`inputs.on_partial` (anytime results). Outputs: the per-voxel attribution (each
 voxel carries its player's value), the player map, a top-k table and the global binary mask (the fewest players
 that hold `mask_share` of the positive attribution).
 """
@@ -100,13 +102,18 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
         ref_labels = mc.reference[mc.roi] if mc.reference is not None else None
         ref, = _references([target], full, ref_labels, request.value, model.name)
         stage = f"{model.name} [{m + 1}/{len(inputs.models)}]"
+        model_stats = lambda: {"model": model.name, **evaluator.stats.to_json()}
+        report = None if inputs.on_partial is None else \
+            lambda e: inputs.on_partial(_result(inputs, target, players, first, per_model + [e], stats + [model_stats()], budget),
+                                        sum(x["evaluations"] for x in per_model + [e]), None if budget is None else budget * len(inputs.models))
         if options.estimator in CACHE_ESTIMATORS:   # estimators that fit the window cache (window_games.py)
-            estimate = estimate_on_evaluator(options.estimator, evaluator, request.value, vf, target, ref, budget, request.seed, stage)
+            estimate = estimate_on_evaluator(options.estimator, evaluator, request.value, vf, target, ref, budget, request.seed, stage,
+                                             options.tolerance, report)
         else:
             estimate = estimate_shapley(lambda c: evaluator.evaluate(c, lambda z: [vf(z, target, ref)], stage=stage)[:, 0],
-                                        players.n, budget, options.estimator, request.seed)
+                                        players.n, budget, options.estimator, request.seed, options.tolerance, report)
         per_model.append(estimate)
-        stats.append({"model": model.name, **evaluator.stats.to_json()})
+        stats.append(model_stats())
     return [_result(inputs, target, players, first, per_model, stats, budget)]
 
 
@@ -114,12 +121,13 @@ def _result(inputs: ExplainInputs, target, players, first, per_model: list[dict]
     request, options = inputs.request, inputs.request.region
     values = np.stack([e["values"] for e in per_model])
     mean = values.mean(0)
-    std_error = np.sqrt(np.mean([e["std_error"] ** 2 for e in per_model], axis=0) / len(per_model))
+    errors = [e["std_error"] for e in per_model]
+    std_error = None if any(e is None for e in errors) else np.sqrt(np.mean(np.square(errors), axis=0) / len(per_model))
     spread = values.std(0, ddof=1) if len(per_model) > 1 else np.zeros(players.n)
     voxel_ml = float(np.prod(first.prepared.geometry.spacing)) / 1000.0
     volumes = players.volumes()
     entries = [{"id": i, "name": players.names[i], "value": float(mean[i]), "per_model": values[:, i].tolist(),
-                "std": float(spread[i]), "std_error": float(std_error[i]), "volume_ml": float(volumes[i] * voxel_ml),
+                "std": float(spread[i]), "std_error": None if std_error is None else float(std_error[i]), "volume_ml": float(volumes[i] * voxel_ml),
                 "organ_label": players.organ[i]} for i in range(players.n)]
     chosen = global_mask_players(mean, options.mask_share)
     v_empty = np.array([e["v_empty"] for e in per_model])
@@ -133,13 +141,15 @@ def _result(inputs: ExplainInputs, target, players, first, per_model: list[dict]
         "v_empty": float(v_empty.mean()), "v_full": float(v_full.mean()), "efficiency_gap": gap,
         "features": {"kind": players.kind, "n_players": players.n, "n_players_requested": options.n_players,
                      "cell_mm": options.cell_mm, "support_box": [[s.start, s.stop] for s in support_box_of(players)]},
-        "estimation": {"estimator": per_model[0]["estimator"], "exact": per_model[0]["exact"], "budget": budget,
-                       "evaluations": [e["evaluations"] for e in per_model],
-                       "std_error": "bootstrap over the evaluated coalitions of the Shapley-kernel regression; 0 when exact"},
+        "estimation": {"estimator": per_model[0]["estimator"], "settings": per_model[0]["settings"], "exact": per_model[0]["exact"],
+                       "budget": budget, "tolerance": options.tolerance, "evaluations": [e["evaluations"] for e in per_model],
+                       "replicates": [e["replicates"] for e in per_model], "stopped": [e["stopped"] for e in per_model],
+                       "std_error": "0 when exact; else sd/sqrt(R) over R independent replicates of the estimator, whose mean is "
+                                    "the value (over models: combined as for their mean); null when not calibrated"},
         "global_mask": {"share": options.mask_share, "players": [players.names[i] for i in chosen],
                         "ids": chosen, "volume_ml": float(volumes[chosen].sum() * voxel_ml) if chosen else 0.0},
         "per_model": [{"model": m.name, "values": values[i].tolist(), "v_empty": float(v_empty[i]), "v_full": float(v_full[i])}
-                      for i, m in enumerate(inputs.models)],
+                      for i, m in enumerate(inputs.models[:len(per_model)])],
         "baseline": request.baseline, "roi_voxels": int(inputs.roi.sum()),
         "reference_source": "file" if inputs.reference is not None else "model prediction",
     }
