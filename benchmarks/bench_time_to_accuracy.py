@@ -261,7 +261,13 @@ def write_reference(game: Game, seed: int, pairs: int) -> Path:
 
 def _stored_runs(game: Game, fingerprint: dict) -> list[dict]:
     runs = [json.loads(p.read_text()) for p in sorted(REFERENCES.glob(f"{game.key}.seed*.json"))]
-    return [r for r in runs if r["fingerprint"] == fingerprint and r["pairs"]]
+    return [r for r in runs if r["pairs"] and _same_game(r["fingerprint"], fingerprint)]
+
+
+def _same_game(a: dict, b: dict) -> bool:
+    """Same players, and v(∅), v(N) within 1e-4 (thread counts change the logits in the 6th digit)."""
+    return (a["players"], a["ids_sha256"]) == (b["players"], b["ids_sha256"]) and \
+        all(abs(a[k] - b[k]) <= 1e-4 for k in ("v_empty", "v_full"))
 
 
 def monte_carlo(runs: list[dict], n: int) -> np.ndarray:
