@@ -77,3 +77,27 @@ def test_permutation_sampling_is_efficient_covered_and_cheap(game):
     # a step re-runs only the windows holding the added player: at most Σ_t |P_t| runs per permutation
     per_permutation = sum(len(p) for p in ev.present)
     assert ev.stats.window_evaluations - before <= 2 * est["permutation_pairs"] * per_permutation
+
+
+def _toy_game(n=6):
+    """A nonlinear game in numpy (no network): exact Shapley values by enumeration."""
+    w = np.linspace(0.2, 1.0, n)
+    value = lambda z: np.sqrt(np.atleast_2d(z) @ w) + 0.5 * np.atleast_2d(z)[:, 0] * np.atleast_2d(z)[:, 1]
+    return value, exact_shapley(value(all_coalitions(n)), n)
+
+
+def test_permutation_standard_error_is_calibrated():
+    value, phi = _toy_game()
+    z = [(est["values"] - phi) / est["std_error"]
+         for est in (permutation_shapley(value, 6, 12 * 14, seed=s) for s in range(300))]
+    coverage = np.mean(np.abs(np.concatenate(z)) <= 1.96)
+    assert 0.90 <= coverage <= 0.98
+
+
+def test_permutation_stops_at_tolerance_and_reports_partials():
+    value, phi = _toy_game()
+    seen = []
+    est = permutation_shapley(value, 6, 10 ** 6, seed=0, tolerance=0.01, on_pair=lambda v, se, k: seen.append(k))
+    assert est["stopped"] == "tolerance" and est["std_error"].max() <= 0.01
+    assert seen == list(range(1, est["replicates"] + 1)) and est["evaluations"] == est["replicates"] * 14
+    assert np.abs(est["values"] - phi).max() <= 4 * 0.01
