@@ -76,7 +76,7 @@ def test_permutation_sampling_is_efficient_covered_and_cheap(game):
     assert np.mean(z < 3) >= 6 / 7
     # a step re-runs only the windows holding the added player: at most Σ_t |P_t| runs per permutation
     per_permutation = sum(len(p) for p in ev.present)
-    assert ev.stats.window_evaluations - before <= 2 * est["permutation_pairs"] * per_permutation
+    assert ev.stats.window_evaluations - before <= 2 * est["replicates"] * per_permutation
 
 
 def _toy_game(n=6):
