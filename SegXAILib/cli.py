@@ -18,6 +18,7 @@ from .errors import Cancelled, InputError, MemoryBudgetError, ModelError, SegXAI
 from .models import ModelOptions, describe_model
 from .progress import JsonLinesProgress, TerminalProgress, format_event, no_progress
 from .estimators import APPROXIMATORS, DEFAULT_ESTIMATOR
+from .window_games import ESTIMATORS as CACHE_ESTIMATORS
 from .players import KINDS
 from .request import CausalOptions, ExplainRequest, GradientOptions, RegionOptions, TracInOptions
 
@@ -81,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     size = r.add_mutually_exclusive_group()
     size.add_argument("--n-players", type=int, default=64, help="number of supervoxels (approximate)")
     size.add_argument("--cell-mm", type=float, help="lattice cell size in mm")
-    r.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=list(APPROXIMATORS), help="shapiq approximator when not exact")
+    r.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=list(APPROXIMATORS) + list(CACHE_ESTIMATORS),
+                   help="shapiq approximator when not exact, or one that fits the window cache: permutation-cached "
+                        "(antithetic permutations), window-games (exact, for values summed over voxels)")
     r.add_argument("--mask-share", type=float, default=0.8, help="share of positive attribution the global mask holds")
     r.add_argument("--top-k", type=int, default=10)
     c = e.add_argument_group("causal ATE (regions as for region SHAP)")

@@ -191,3 +191,17 @@ def test_terminal_shows_partial_top_regions_with_no_plus_minus_for_null(tmp_path
     line = stream.getvalue().strip()
     assert line.startswith("partial map: 40/512 coalitions; top: sv 3 +0.120, sv 1 -0.050±0.010")
     assert "sv 3 +0.120±" not in line
+
+
+@pytest.mark.parametrize("estimator", ["window-games", "permutation-cached"])
+def test_window_cache_estimators_in_region_shap(far_case, estimator):
+    """Region SHAP with the window-cache estimators: window games equal exact enumeration; permutations sum to v(N) − v(∅)."""
+    exact = read_result(run(_request(far_case, far_case["dir"] / "exact", features="labels", labels=far_case["labels"])))
+    request = _request(far_case, far_case["dir"] / estimator, features="labels", labels=far_case["labels"], estimator=estimator)
+    request.budget = 4 * (len(exact["players"]) + 1)
+    got = read_result(run(request))
+    assert got["estimation"]["estimator"] == estimator
+    values, reference = (np.array([p["value"] for p in r["players"]]) for r in (got, exact))
+    if estimator == "window-games":
+        assert got["estimation"]["exact"] and np.abs(values - reference).max() <= 1e-6
+    assert got["efficiency_gap"] < 1e-9

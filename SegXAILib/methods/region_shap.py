@@ -23,6 +23,8 @@ from ..progress import CancelToken, ProgressFn, no_progress
 from ..targets import parse_target
 from ..values import value_function
 from ..volumes import resample_to
+from ..window_games import ESTIMATORS as CACHE_ESTIMATORS
+from ..window_games import estimate_on_evaluator
 from ..windows import make_grid
 from .base import ExplainInputs, MethodResult, baseline_values, check_finite, model_case
 from .contrast_shapley import _references
@@ -102,8 +104,12 @@ def explain(inputs: ExplainInputs, progress: ProgressFn = no_progress, cancel: C
         report = None if inputs.on_partial is None else \
             lambda e: inputs.on_partial(_result(inputs, target, players, first, per_model + [e], stats + [model_stats()], budget),
                                         sum(x["evaluations"] for x in per_model + [e]), None if budget is None else budget * len(inputs.models))
-        estimate = estimate_shapley(lambda c: evaluator.evaluate(c, lambda z: [vf(z, target, ref)], stage=stage)[:, 0],
-                                    players.n, budget, options.estimator, request.seed, options.tolerance, report)
+        if options.estimator in CACHE_ESTIMATORS:   # estimators that fit the window cache (window_games.py)
+            estimate = estimate_on_evaluator(options.estimator, evaluator, request.value, vf, target, ref, budget, request.seed, stage,
+                                             options.tolerance, report)
+        else:
+            estimate = estimate_shapley(lambda c: evaluator.evaluate(c, lambda z: [vf(z, target, ref)], stage=stage)[:, 0],
+                                        players.n, budget, options.estimator, request.seed, options.tolerance, report)
         per_model.append(estimate)
         stats.append(model_stats())
     return [_result(inputs, target, players, first, per_model, stats, budget)]
