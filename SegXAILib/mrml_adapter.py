@@ -31,6 +31,7 @@ from vtkmodules.util import numpy_support
 from slicer import (vtkMRMLColorLegendDisplayNode, vtkMRMLPlotSeriesNode, vtkMRMLScene, vtkMRMLSegmentationNode,
                     vtkOrientedImageData, vtkSegmentationConverter, vtkSlicerSegmentationsModuleLogic)
 
+from .colormap import FOREGROUND_OPACITY, TRANSPARENT_BAND, diverging_table, symmetric_range
 from .errors import InputError
 from .result import INDEX_FILE, RESULT_FILE, read_result
 from .volumes import Case, Geometry, box_mask, read_volume, resample_to, write_volume
@@ -42,8 +43,6 @@ ATTR_METHOD = "SegXAI.method"
 ATTR_RESULT_DIR = "SegXAI.resultDir"
 ATTR_RANGE = "SegXAI.displayRange"
 COLOR_NODE_NAME = "SegXAI diverging blue-red"
-FOREGROUND_OPACITY = 0.4
-TRANSPARENT_BAND = 0.03  # |value| below this fraction of the display range is see-through (the colour table's centre)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -360,14 +359,10 @@ def diverging_color_node(scene: vtkMRMLScene):
             return node
     node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName(COLOR_NODE_NAME))
     node.SetTypeToUser()
-    n = 256
-    node.SetNumberOfColors(n)
-    blue, white, red = np.array([0.13, 0.40, 0.67]), np.array([0.97, 0.97, 0.97]), np.array([0.70, 0.09, 0.17])
-    for i in range(n):
-        t = (i + 0.5) / n * 2 - 1  # -1 .. 1 across the window
-        rgb = white + (red - white) * t if t >= 0 else white + (blue - white) * (-t)
-        alpha = 0.0 if abs(t) < TRANSPARENT_BAND else 1.0
-        node.SetColor(i, f"{t:+.3f}", *map(float, rgb), alpha)
+    table = diverging_table()  # shared with the HTML report and the web viewer
+    node.SetNumberOfColors(len(table))
+    for i, rgba in enumerate(table):
+        node.SetColor(i, f"{(i + 0.5) / len(table) * 2 - 1:+.3f}", *map(float, rgba))
     node.SetAttribute(ATTR_ROLE, "colormap")
     node.SetAttribute("SegXAI.description", "signed attribution: blue = against, red = for the target; near zero is transparent")
     return node
@@ -577,8 +572,7 @@ def load_result(scene: vtkMRMLScene, folder: str | Path, background=None, top_k:
 def _attribution_volume(scene, array: np.ndarray, geometry: Geometry, name: str, value_function: str):
     values = np.asarray(array, dtype=np.float32)
     node = add_volume(scene, values, geometry, name)
-    finite = np.abs(values[np.isfinite(values)])
-    top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    top = symmetric_range(values)
     display = node.GetDisplayNode()
     display.SetAndObserveColorNodeID(diverging_color_node(scene).GetID())
     display.AutoWindowLevelOff()
