@@ -71,3 +71,10 @@ def test_viewer_table_jump_and_overlay(server, method_results):
         for corner in (shot[3, 3], shot[3, -4], shot[-4, 3], shot[-4, -4]):
             assert _tinted(corner) <= 3, corner   # outside the case and its support: no overlay colour
         assert pg.console_errors == [], pg.console_errors
+
+
+def test_view_needs_a_folder_and_says_how(tmp_path, capsys):
+    from SegXAILib.cli import main
+
+    assert main(["view"]) == 2 and "--demo" in capsys.readouterr().err
+    assert main(["view", "--demo", str(tmp_path)]) == 2 and "segxai demo --out" in capsys.readouterr().err
