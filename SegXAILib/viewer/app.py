@@ -52,7 +52,7 @@ class ResultViewer:
         self.layout_manager = LayoutManager(self.app.scene, self.app.view_manager, server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layout_manager.set_layout(LAYOUT)
-        self.runs, self.players, self.geometry = [], None, None
+        self.runs, self.players, self.geometry, self._nodes = [], None, None, []
         state = server.state
         state.trame__title = "SegXAI viewer"
         state.runs = [{"title": self._label(f), "value": n} for n, f in enumerate(self.folders)]
@@ -105,16 +105,15 @@ class ResultViewer:
         folder = self.folders[index]
         result = read_result(folder)
         scene = self.app.scene
-        for node in getattr(self, "_nodes", []):
+        for node in self._nodes:
             if scene.IsNodePresent(node):
                 scene.RemoveNode(node)
         before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
         background = self._background(result)
         self.runs = load_results(scene, folder, background=background, show=True)
-        for run in self.runs:  # the 3D view shows the segmentations as surfaces
-            for role in ("players", "segmentation"):
-                if role in run.nodes:
-                    run.nodes[role].CreateClosedSurfaceRepresentation()
+        for run in self.runs:  # the 3D view shows the regions as surfaces
+            if "players" in run.nodes:
+                run.nodes["players"].CreateClosedSurfaceRepresentation()
         self._nodes = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()) if scene.GetNthNode(i).GetID() not in before]
         if background is not None:
             show_in_slice_views(scene, background=background, foreground=self.runs[0].nodes.get("attribution"), opacity=self.server.state.opacity)
@@ -156,8 +155,6 @@ class ResultViewer:
             self.server.state.jumped = f"{name}: empty region"
             return
         ras = (self.geometry.affine @ np.append(region_centre(mask), 1.0))[:3]
-        from slicer import vtkMRMLSliceNode
-
         scene = self.app.scene
         nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
         for i in range(nodes.GetNumberOfItems()):
