@@ -1,4 +1,4 @@
-"""`segxai` command line: explain, describe-model, evaluate, demo.
+"""`segxai` command line: explain, describe-model, evaluate, report, view, demo.
 
 Exit codes: 0 done, 2 bad input, 3 model problem, 4 not enough memory, 130 cancelled (Ctrl-C / SIGTERM).
 With `--progress json` the machine-readable `SEGXAI_EVENT` lines go to stderr (started, progress, partial, done,
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank by TracIn's raw gradient inner product or by the gradient cosine (both are reported)")
     t.add_argument("--influence-top-k", type=int, default=5, help="proponents and opponents listed")
     e.add_argument("--evaluate", action="store_true", help="run segxai evaluate on the result once it is written")
+    e.add_argument("--report", action="store_true", help="write report.html beside the result once it is written (after --evaluate)")
     _model_arguments(e)
 
     d = sub.add_parser("describe-model", help="what a model takes and gives (channels, labels, window)")
@@ -132,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--road-steps", type=int, default=6, help="points on the ROAD curves, each a fresh imputation (0: skip them)")
     v.add_argument("--sanity-steps", type=int, default=4, help="depths of the model-randomisation check (0: skip it)")
     v.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+
+    rep = sub.add_parser("report", help="one self-contained HTML page of a result folder (offline, e-mailable)")
+    rep.add_argument("result", help="a result folder written by segxai explain")
+    rep.add_argument("--out", help="the HTML file to write (default RESULT/report.html)")
+
+    view = sub.add_parser("view", help="a result in Slicer's own views in the browser (trame-slicer)")
+    view.add_argument("result", nargs="?", help="a result folder written by segxai explain")
+    view.add_argument("--demo", nargs="?", const="demo-output", metavar="DIR", help="open the demo's results (default demo-output)")
+    view.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    view.add_argument("--port", type=int, default=8080)
+    view.add_argument("--exit-after", type=float, metavar="SECONDS", help="stop the server by itself after this long")
 
     demo = sub.add_parser("demo", help="generate the demo case and explain the shipped demo models")
     demo.add_argument("--out", default="demo-output")
@@ -194,6 +206,28 @@ def _explain(args) -> int:
     print(f"Result written to {out}")
     if args.evaluate:
         _run_evaluation(out, args)
+    if args.report:
+        _write_report(out)
+    return 0
+
+
+def _write_report(folder, out=None) -> None:
+    from .report import write_report
+
+    print(f"Report written to {write_report(folder, out)}")
+
+
+def _report(args) -> int:
+    _write_report(args.result, args.out)
+    return 0
+
+
+def _view(args) -> int:
+    from .viewer import view_result_folders
+
+    if bool(args.result) == bool(args.demo):
+        raise InputError("segxai view needs one result folder, or --demo.", "Run `segxai view RESULT_DIR` or `segxai view --demo [DIR]`.")
+    view_result_folders(args.result or args.demo, demo=bool(args.demo), host=args.host, port=args.port, exit_after=args.exit_after)
     return 0
 
 
@@ -233,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     json_events = getattr(args, "progress", None) == "json"
     try:
-        return {"explain": _explain, "describe-model": _describe, "evaluate": _evaluate, "demo": _demo}[args.command](args)
+        return {"explain": _explain, "describe-model": _describe, "evaluate": _evaluate, "report": _report, "view": _view,
+                "demo": _demo}[args.command](args)
     except SegXAIError as exc:
         code = next((c for cls, c in EXIT_CODES.items() if isinstance(exc, cls)), 1)
         if json_events:

@@ -135,3 +135,11 @@ class TwoBranch(torch.nn.Module):
 def make_two_branch() -> TwoBranch:
     """Factory for `--factory conftest:make_two_branch` in the tests."""
     return TwoBranch()
+
+
+@pytest.fixture(scope="session")
+def method_results(tmp_path_factory) -> dict:
+    """One small real result folder per method (see result_folders.py), shared by the report and viewer tests."""
+    from result_folders import make_results
+
+    return make_results(tmp_path_factory.mktemp("methods"))

@@ -41,6 +41,10 @@ def test_demo_end_to_end(tmp_path):
     assert "Kendall tau" in printed and "rank variance" in printed and "Region SHAP, torso CT" in printed
     for name in ("contrast_shapley.png", "case_slice.png", "summary.txt"):
         assert (out / name).stat().st_size > 0
+    index = (out / "index.html").read_text()   # a report beside every run, linked from one index page
+    links = re.findall(r'href="([^"]+)"', index)
+    assert links == ["contrast-shapley/report.html", "region-shap-brain/report.html", "region-shap-ct/report.html"]
+    assert all((out / link).stat().st_size > 0 for link in links)
     ct = json.loads((out / "region-shap-ct" / "result.json").read_text())
     assert ct["features"]["kind"] == "organ" and {p["name"] for p in ct["players"]} >= {"liver", "everything else"}
     with pytest.raises(InputError, match="already exists"):

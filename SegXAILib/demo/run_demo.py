@@ -143,6 +143,19 @@ def run_times(out: Path) -> str:
     return "Run times: " + ", ".join(parts)
 
 
+RUN_LABELS = {"contrast-shapley": "Contrast Shapley, 5 folds (WT, TC, ET)", "region-shap-brain": "Region SHAP, brain WT (fold 0)",
+              "region-shap-ct": "Region SHAP, torso CT liver lesion (organs)", "causal-brain": "Causal ATE, brain WT (fold 0)",
+              "gradients-brain": "Integrated Gradients, brain WT (fold 0)", "tracin-brain": "TracIn training-case influence, brain WT (fold 0)"}
+
+
+def write_reports(out: Path, summary_text: str) -> Path:
+    """report.html beside every run's result and OUT/index.html linking them all."""
+    from ..report import write_index, write_report
+
+    reports = [(label, write_report(out / name)) for name, label in RUN_LABELS.items() if (out / name).is_dir()]
+    return write_index(out, reports, title="SegXAI demo", summary=summary_text)
+
+
 def run_demo(out: str | Path, overwrite: bool = False, progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
              shape: tuple[int, int, int] = (96, 112, 96), spacing: float = 2.0, models: list[Path] | None = None,
              stream=None, regions: bool = True, budget: int | None = None, methods: bool = True) -> Path:
@@ -176,6 +189,8 @@ def run_demo(out: str | Path, overwrite: bool = False, progress: ProgressFn = no
             text += "\n" + "\n".join(method_comparison(out, paths, roi_path, Path(request.models[0]), progress, cancel, BRAIN_PLAYERS))
     text += "\n" + run_times(out)
     (out / "summary.txt").write_text(text + "\n")
+    index = write_reports(out, text)
     print(text, file=stream)
+    print(f"\nReports: {index}", file=stream)
     print(f"\nResults: {folder}/<region>/result.json   Figures: {chart}, {slice_png}", file=stream, flush=True)
     return out

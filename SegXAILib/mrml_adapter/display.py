@@ -10,6 +10,7 @@ import vtk
 from slicer import (vtkMRMLColorLegendDisplayNode, vtkMRMLScene, vtkSegmentationConverter,
                     vtkSlicerSegmentationsModuleLogic)
 
+from ..colormap import FOREGROUND_OPACITY, diverging_table
 from ..errors import InputError
 from ..volumes import Geometry
 from ._vtk import _array_to_image, _nodes, _oriented_image, _register, _to_matrix
@@ -21,8 +22,6 @@ ATTR_METHOD = "SegXAI.method"
 ATTR_RESULT_DIR = "SegXAI.resultDir"
 ATTR_RANGE = "SegXAI.displayRange"
 COLOR_NODE_NAME = "SegXAI diverging blue-red"
-FOREGROUND_OPACITY = 0.4
-TRANSPARENT_BAND = 0.03  # |value| below this fraction of the display range is see-through (the colour table's centre)
 
 
 def add_volume(scene: vtkMRMLScene, array: np.ndarray, geometry: Geometry, name: str, label: bool = False):
@@ -64,14 +63,10 @@ def diverging_color_node(scene: vtkMRMLScene):
             return node
     node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName(COLOR_NODE_NAME))
     node.SetTypeToUser()
-    n = 256
-    node.SetNumberOfColors(n)
-    blue, white, red = np.array([0.13, 0.40, 0.67]), np.array([0.97, 0.97, 0.97]), np.array([0.70, 0.09, 0.17])
-    for i in range(n):
-        t = (i + 0.5) / n * 2 - 1  # -1 .. 1 across the window
-        rgb = white + (red - white) * t if t >= 0 else white + (blue - white) * (-t)
-        alpha = 0.0 if abs(t) < TRANSPARENT_BAND else 1.0
-        node.SetColor(i, f"{t:+.3f}", *map(float, rgb), alpha)
+    table = diverging_table()  # shared with the HTML report and the web viewer
+    node.SetNumberOfColors(len(table))
+    for i, rgba in enumerate(table):
+        node.SetColor(i, f"{(i + 0.5) / len(table) * 2 - 1:+.3f}", *map(float, rgba))
     node.SetAttribute(ATTR_ROLE, "colormap")
     node.SetAttribute("SegXAI.description", "signed attribution: blue = against, red = for the target; near zero is transparent")
     return node

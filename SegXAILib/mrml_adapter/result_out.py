@@ -22,7 +22,8 @@ from ..errors import InputError
 from ..result import INDEX_FILE, RESULT_FILE, read_result
 from ..volumes import Geometry
 from ._vtk import _array_to_image, _to_matrix
-from .display import (ATTR_METHOD, ATTR_RANGE, ATTR_RESULT_DIR, ATTR_ROLE, ATTR_RUN, ATTR_TARGET, TRANSPARENT_BAND,
+from ..colormap import TRANSPARENT_BAND, symmetric_range
+from .display import (ATTR_METHOD, ATTR_RANGE, ATTR_RESULT_DIR, ATTR_ROLE, ATTR_RUN, ATTR_TARGET,
                       _import_labels, add_color_legend, add_volume, diverging_color_node, read_volume_node,
                       show_in_slice_views)
 from .scene_in import array_from_volume
@@ -273,8 +274,7 @@ def _attribution_volume(scene, array: np.ndarray, geometry: Geometry, name: str,
         node = add_volume(scene, values, geometry, name)
     else:
         _set_voxels(node, values, geometry)
-    finite = np.abs(values[np.isfinite(values)])
-    top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    top = symmetric_range(values)
     display = node.GetDisplayNode()
     display.SetAndObserveColorNodeID(diverging_color_node(scene).GetID())
     display.AutoWindowLevelOff()
