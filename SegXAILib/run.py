@@ -18,7 +18,7 @@ from .errors import InputError
 from .evaluator import pick_device
 from .methods import causal, contrast_shapley, gradients, region_shap, tracin
 from .methods.base import ExplainInputs, MethodResult
-from .models import load_models
+from .models import LoadedModel, load_models
 from .progress import CancelToken, ProgressFn, check_cancel, no_progress
 from .request import ExplainRequest
 from .result import check_destination, provenance, write_result, write_results
@@ -35,13 +35,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_inputs(request: ExplainRequest) -> ExplainInputs:
-    """Images, models, ROI and reference, checked against each other."""
+def load_inputs(request: ExplainRequest, models: list[LoadedModel] | None = None) -> ExplainInputs:
+    """Images, models, ROI and reference, checked against each other.
+
+    `models`: already loaded from `request.models` (a cohort worker keeps them across cases); loaded here when None.
+    """
     if request.method not in METHODS:
         raise InputError(f"Unknown method {request.method!r}.", f"Choose --method {' or '.join(METHODS)}.")
     if not request.targets:
         raise InputError("No target given.", "Pass --target-label (a label, a label set such as 1,3, or WT / TC / ET).")
-    models = load_models(request.models, request.model_options)
+    models = load_models(request.models, request.model_options) if models is None else models
     if not models:
         raise InputError("No model given.", "Pass --model (a TorchScript file, MONAI bundle or nnU-Net results folder).")
     names = request.model_options.channels or models[0].channel_names
@@ -65,12 +68,13 @@ def load_inputs(request: ExplainRequest) -> ExplainInputs:
     return ExplainInputs(request, case, roi, reference, truth, labels, models, pick_device(request.device))
 
 
-def run(request: ExplainRequest, progress: ProgressFn = no_progress, cancel: CancelToken | None = None) -> Path:
-    """Runs the request and writes its result folder; returns its path."""
+def run(request: ExplainRequest, progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
+        models: list[LoadedModel] | None = None) -> Path:
+    """Runs the request and writes its result folder; returns its path. `models`: see load_inputs."""
     started = time.perf_counter()
     check_destination(request.out, request.overwrite)
     seed_everything(request.seed)
-    inputs = load_inputs(request)
+    inputs = load_inputs(request, models)
     loaded = time.perf_counter()
     results: list[MethodResult] = METHODS[request.method](inputs, progress, cancel)
     check_cancel(cancel)
