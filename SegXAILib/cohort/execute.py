@@ -54,7 +54,8 @@ def _client(scheduler: str | None, workers: int | None, threads: int | None):
             raise InputError(f"Cannot reach the Dask scheduler at {scheduler}: {exc}",
                              "Start it (dask scheduler; dask worker ADDRESS) or drop --scheduler to use an embedded cluster.") from exc
     n = workers or os.cpu_count() or 1
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0",
                            silence_logs=40)
     return Client(cluster), cluster
 

@@ -27,6 +27,7 @@ class ModelCache(WorkerPlugin):
     """Loaded models per (model paths, options), kept for the worker's lifetime; `threads` torch threads per worker."""
 
     name = PLUGIN
+    idempotent = True   # registering again (a resumed cohort on the same cluster) keeps the models a worker holds
 
     def __init__(self, threads: int | None = None):
         self.threads = threads
@@ -72,6 +73,8 @@ def explain_case(case: CohortCase, architecture: str, template: ExplainRequest, 
     started = time.perf_counter()
     worker = get_worker()
     info = {"case_id": case.case_id, "architecture": architecture, "out": out, "worker": worker.address, "pid": os.getpid()}
+    if result_exists(out):   # finished meanwhile, e.g. by a task of an interrupted earlier run that still ran to its end
+        return {**info, "status": "done", "models_loaded": False, "seconds": 0.0, "note": "already written"}
     try:
         roi = {"roi_mask": case.roi_mask, "roi_box": None} if case.roi_mask else {"roi_mask": None, "roi_box": box_around(case.ground_truth)}
         request = dataclasses.replace(template, images=list(case.images), ground_truth=case.ground_truth, out=out, **roi)
@@ -79,6 +82,8 @@ def explain_case(case: CohortCase, architecture: str, template: ExplainRequest, 
         run(request, models=models)
         return {**info, "status": "done", "models_loaded": fresh, "seconds": round(time.perf_counter() - started, 3)}
     except Exception as exc:  # noqa: BLE001 - one case's failure must not stop the cohort
+        if result_exists(out):   # another run of this task won the race to the (atomic) result folder
+            return {**info, "status": "done", "models_loaded": False, "seconds": 0.0, "note": "already written"}
         problem = getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}"
         return {**info, "status": "failed", "error": problem, "kind": type(exc).__name__, "fix": getattr(exc, "fix", ""),
                 "traceback": traceback.format_exc(limit=6), "seconds": round(time.perf_counter() - started, 3)}
