@@ -22,6 +22,8 @@ def add_parsers(sub, model_arguments) -> None:
     c.add_argument("--workers", type=int, help="embedded cluster: worker processes (default: one per core)")
     c.add_argument("--target-label", action="append", help="regions (default WT, TC, ET)")
     c.add_argument("--value", default="dice")
+    c.add_argument("--reference", choices=["prediction", "ground-truth"], default="prediction",
+                   help="what the value compares against: each model's own prediction (as segxai explain), or the case's ground truth")
     c.add_argument("--baseline", default="zero", choices=["zero", "mean", "min"])
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -93,7 +95,7 @@ def cohort_command(args, model_options, cancel) -> int:
     if args.progress == "json":
         print(format_event("started", method="cohort", out=args.out, cases=len(cases), architectures=list(archs)), file=sys.stderr, flush=True)
     doc = run_cohort(cases, archs, template, args.out, args.scheduler, args.workers, args.dice_threshold, args.bootstrap,
-                     progress_printer(args.progress), cancel)
+                     progress_printer(args.progress), cancel, args.reference == "ground-truth")
     run = doc["run"]
     print(f"Cohort: {doc['n_cases']} cases finished ({run['computed']} computed now, {run['skipped']} earlier), {len(doc['failures'])} failed.")
     print(f"Written: {Path(args.out) / 'cohort.csv'}, cohort.json, cohort.html")

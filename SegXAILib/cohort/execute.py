@@ -66,7 +66,7 @@ def _failure_path(out: Path, task: Task) -> Path:
 
 def run_tasks(tasks: list[Task], template: ExplainRequest, architectures: dict[str, list[str]], out: Path,
               scheduler: str | None = None, workers: int | None = None, on_event: EventFn = lambda e: None,
-              cancel: CancelToken | None = None) -> dict:
+              cancel: CancelToken | None = None, truth_reference: bool = False) -> dict:
     """Computes the tasks whose result folder is missing; returns counts, outcomes and timings of this run."""
     from distributed import as_completed
 
@@ -98,7 +98,7 @@ def run_tasks(tasks: list[Task], template: ExplainRequest, architectures: dict[s
         futures = {}
         for t in todo:
             request = dataclasses.replace(template, models=list(architectures[t.architecture]))
-            futures[client.submit(explain_case, t.case, t.architecture, request, str(t.out), pure=False, key=f"segxai-{t.name}-{time.time_ns()}")] = t
+            futures[client.submit(explain_case, t.case, t.architecture, request, str(t.out), truth_reference, pure=False, key=f"segxai-{t.name}-{time.time_ns()}")] = t
         arriving = as_completed(list(futures))
         while not arriving.is_empty():
             if cancel is not None and cancel.is_set():

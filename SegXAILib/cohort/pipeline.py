@@ -36,7 +36,9 @@ def _failures(out: Path) -> list[dict]:
 
 def run_cohort(cases: list[CohortCase], architectures: dict[str, list[str]], template: ExplainRequest, out: str | Path,
                scheduler: str | None = None, workers: int | None = None, threshold: float = 0.6, n_resamples: int = 2000,
-               on_event: EventFn = lambda e: None, cancel: CancelToken | None = None) -> dict:
+               on_event: EventFn = lambda e: None, cancel: CancelToken | None = None, truth_reference: bool = False) -> dict:
+    """`truth_reference`: Shapley values of the Dice against each case's ground truth (performance) rather than
+    against the model's own prediction; a model that misses a region entirely then still has a defined game."""
     out = Path(out)
     if template.method != "contrast-shapley":
         raise InputError(f"segxai cohort runs contrast Shapley; --method {template.method} has no cohort statistics yet.",
@@ -45,13 +47,15 @@ def run_cohort(cases: list[CohortCase], architectures: dict[str, list[str]], tem
     if out.exists() and any(out.iterdir()) and not marker.exists() and not (out / "cases").exists():
         raise InputError(f"{out} exists and is not a SegXAI cohort folder.", "Pass a new --out folder, or the folder of an earlier cohort run to resume it.")
     out.mkdir(parents=True, exist_ok=True)
-    record = run_tasks(plan(cases, architectures, out), template, architectures, out, scheduler, workers, on_event, cancel)
+    record = run_tasks(plan(cases, architectures, out), template, architectures, out, scheduler, workers, on_event, cancel,
+                       truth_reference)
     table = cohort_table(cases, list(architectures), out, template.clinician_ranking)
     statistics = cohort_statistics(table, threshold, template.seed, n_resamples)
     failures = _failures(out)
     doc = {"schema": SCHEMA, "title": out.name, "n_cases": int(table["case_id"].nunique()) if not table.empty else 0,
            "architectures": list(architectures), "models": architectures, "dice_threshold": threshold,
-           "bootstrap_resamples": n_resamples, "seed": template.seed, "statistics": statistics, "failures": failures,
+           "bootstrap_resamples": n_resamples, "seed": template.seed,
+           "reference": "ground truth" if truth_reference else "model prediction", "statistics": statistics, "failures": failures,
            "request": {k: v for k, v in template.to_json().items() if k in ("method", "value", "targets", "baseline", "seed", "model_options")},
            "run": {k: v for k, v in record.items() if k != "outcomes"}, "outcomes": record["outcomes"],
            "provenance": provenance()}

@@ -48,6 +48,7 @@ rank variance across folds on the normalised scale (0 = folds agree). Written by
 
 
 def _png(fig) -> str:
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     _pyplot().close(fig)
@@ -69,7 +70,8 @@ def figures(table: pd.DataFrame, threshold: float) -> list[dict]:
                 slope, intercept = np.polyfit(g.dice, g.uncertainty, 1)
                 xs = np.linspace(g.dice.min(), g.dice.max(), 2)
                 ax.plot(xs, intercept + slope * xs, color=colours[a % 10], lw=1)
-        ax.set(title=region, xlabel="Dice (mean over folds)", ylabel="uncertainty (normalised rank variance)")
+        ax.set(title=region, xlabel="Dice (mean over folds)")
+    axes[0][0].set_ylabel("uncertainty (normalised rank variance)")
     axes[0][0].legend(fontsize=7)
     out.append({"title": "Uncertainty vs Dice (line: least-squares fit)", "png": _png(fig)})
 
@@ -82,14 +84,17 @@ def figures(table: pd.DataFrame, threshold: float) -> list[dict]:
         rng = np.random.default_rng(0)
         for i, x in enumerate(groups):
             ax.scatter(i + 1 + rng.uniform(-0.12, 0.12, len(x)), x, s=14, alpha=0.7)
-        ax.set(title=region, ylabel="agreement (Kendall τ)")
+        ax.set(title=region, ylim=(-1.05, 1.05))
+    axes[0][0].set_ylabel("agreement with clinician (Kendall τ)")
     out.append({"title": "Agreement with the clinician by Dice group", "png": _png(fig)})
 
     fig, axes = plt.subplots(1, len(regions), figsize=(4 * len(regions), 3.0), dpi=100, squeeze=False)
     for ax, region in zip(axes[0], regions):
         counts = table[table.region == region].groupby(["top_contrast", "architecture"]).size().unstack(fill_value=0)
         counts.plot.bar(ax=ax, rot=0, legend=False)
-        ax.set(title=region, xlabel="top-ranked contrast", ylabel="cases")
+        ax.set(title=region, xlabel="top-ranked contrast")
+    axes[0][0].set_ylabel("cases")
+    axes[0][0].legend(fontsize=7)
     out.append({"title": "Top-ranked contrast", "png": _png(fig)})
     return out
 

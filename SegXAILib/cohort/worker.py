@@ -65,8 +65,8 @@ def box_around(truth_path: str, margin: int = 4) -> list[float]:
     return [float(v) for v in np.concatenate(ras)]
 
 
-def explain_case(case: CohortCase, architecture: str, template: ExplainRequest, out: str) -> dict:
-    """Runs one case; never raises for a case's own failure (bad file, NaN output, out of memory, a bug): it is reported,
+def explain_case(case: CohortCase, architecture: str, template: ExplainRequest, out: str, truth_reference: bool = False) -> dict:
+    """Runs one case (`truth_reference`: the game's reference is the case's ground truth); never raises for a case's own failure (bad file, NaN output, out of memory, a bug): it is reported,
     and the cohort goes on. A worker that dies instead is Dask's business: it reruns the task elsewhere."""
     from ..run import run
 
@@ -77,7 +77,10 @@ def explain_case(case: CohortCase, architecture: str, template: ExplainRequest, 
         return {**info, "status": "done", "models_loaded": False, "seconds": 0.0, "note": "already written"}
     try:
         roi = {"roi_mask": case.roi_mask, "roi_box": None} if case.roi_mask else {"roi_mask": None, "roi_box": box_around(case.ground_truth)}
-        request = dataclasses.replace(template, images=list(case.images), ground_truth=case.ground_truth, out=out, **roi)
+        if truth_reference and not case.ground_truth:
+            raise InputError(f"Case {case.case_id} has no ground truth to use as the reference.", "Fill its ground_truth column, or drop --reference ground-truth.")
+        request = dataclasses.replace(template, images=list(case.images), ground_truth=case.ground_truth, out=out,
+                                      reference=case.ground_truth if truth_reference else template.reference, **roi)
         models, fresh = worker.plugins[PLUGIN].get(request)
         run(request, models=models)
         return {**info, "status": "done", "models_loaded": fresh, "seconds": round(time.perf_counter() - started, 3)}

@@ -28,8 +28,8 @@ def difficulty_plan(n: int) -> list[dict]:
         d = i / (n - 1) if n > 1 else 0.0
         defect = DEFECTS[(i // 3) % len(DEFECTS)] if d >= 0.35 and i % 3 == 0 else ""
         plan.append({"case_id": f"case{i:03d}", "seed": FIRST_SEED + i, "difficulty": round(d, 3),
-                     "tumour_scale": round(1.0 - 0.5 * d, 3), "contrast": round(1.0 - 0.7 * d, 3),
-                     "noise": round(0.02 + 0.3 * d, 3), "defect": defect})
+                     "tumour_scale": round(1.0 - 0.4 * d, 3), "contrast": round(1.0 - 0.5 * d, 3),
+                     "noise": round(0.02 + 0.2 * d, 3), "defect": defect})
     return plan
 
 
