@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_contrast_shapley.py
 	$(BIN)/python benchmarks/bench_region_shap.py
 	$(BIN)/python benchmarks/bench_tracin.py
+	$(BIN)/python benchmarks/bench_cohort.py
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -1,4 +1,4 @@
-"""`segxai` command line: explain, describe-model, evaluate, report, view, demo.
+"""`segxai` command line: explain, describe-model, evaluate, report, view, demo, cohort, demo-cohort.
 
 Exit codes: 0 done, 2 bad input, 3 model problem, 4 not enough memory, 130 cancelled (Ctrl-C / SIGTERM).
 With `--progress json` the machine-readable `SEGXAI_EVENT` lines go to stderr (started, progress, partial, done,
@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--overwrite", action="store_true")
     demo.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+
+    from .cohort.cli import add_parsers
+
+    add_parsers(sub, _model_arguments)
     return parser
 
 
@@ -263,12 +267,25 @@ def _demo(args) -> int:
     return 0
 
 
+def _cohort(args) -> int:
+    from .cohort.cli import cohort_command
+
+    return cohort_command(args, _model_options, _cancel_on_signals())
+
+
+def _demo_cohort(args) -> int:
+    from .cohort.cli import demo_cohort_command
+
+    return demo_cohort_command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     json_events = getattr(args, "progress", None) == "json"
     try:
         return {"explain": _explain, "describe-model": _describe, "evaluate": _evaluate, "report": _report, "view": _view,
-                "demo": _demo}[args.command](args)
+                "demo": _demo,
+                "cohort": _cohort, "demo-cohort": _demo_cohort}[args.command](args)
     except SegXAIError as exc:
         code = next((c for cls, c in EXIT_CODES.items() if isinstance(exc, cls)), 1)
         if json_events:

@@ -20,7 +20,7 @@ from .errors import InputError
 from .evaluator import pick_device
 from .methods import causal, contrast_shapley, gradients, region_shap, tracin
 from .methods.base import ExplainInputs, MethodResult
-from .models import load_models
+from .models import LoadedModel, load_models
 from .partial import PartialWriter
 from .progress import CancelToken, ProgressFn, check_cancel, emit, no_progress
 from .request import ExplainRequest
@@ -38,15 +38,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_inputs(request: ExplainRequest) -> ExplainInputs:
-    """Images, models, ROI and reference, checked against each other."""
+def load_inputs(request: ExplainRequest, models: list[LoadedModel] | None = None) -> ExplainInputs:
+    """Images, models, ROI and reference, checked against each other.
+
+    `models`: already loaded from `request.models` (a cohort worker keeps them across cases); loaded here when None.
+    """
     if request.method not in METHODS:
         raise InputError(f"Unknown method {request.method!r}.", f"Choose --method {' or '.join(METHODS)}.")
     if not request.targets:
         raise InputError("No target given.", "Pass --target-label (a label, a label set such as 1,3, or WT / TC / ET).")
     for target in request.targets if request.clinician_ranking else ():
         clinician_ranking(target, request.clinician_ranking)  # a malformed file is reported now, not after the run
-    models = load_models(request.models, request.model_options)
+    models = load_models(request.models, request.model_options) if models is None else models
     if not models:
         raise InputError("No model given.", "Pass --model (a TorchScript file, MONAI bundle or nnU-Net results folder).")
     names = request.model_options.channels or models[0].channel_names
@@ -71,16 +74,17 @@ def load_inputs(request: ExplainRequest) -> ExplainInputs:
 
 
 def run(request: ExplainRequest, progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
-        partial: bool = False) -> Path:
+        partial: bool = False, models: list[LoadedModel] | None = None) -> Path:
     """Runs the request and writes its result folder; returns its path.
 
     partial: write anytime results into OUT/partial/ while a long estimate runs, each announced through
     `progress.event("partial", ...)` (see SegXAILib/partial.py); the final folder is the same either way.
+    models: already loaded models (a cohort worker's cache); see load_inputs.
     """
     started = time.perf_counter()
     check_destination(request.out, request.overwrite)
     seed_everything(request.seed)
-    inputs = load_inputs(request)
+    inputs = load_inputs(request, models)
     loaded = time.perf_counter()
     base = dict(seed=request.seed, budget=request.budget, device=str(inputs.device), torch_threads=torch.get_num_threads(),
                 models=[{"name": m.name, "format": m.format, "source": m.source, "sha256": m.sha256, "window": m.window.to_json(),

@@ -133,8 +133,11 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q if np.linalg.det(q) > 0 else -q
 
 
-def make_brain_case(seed: int, shape=(96, 112, 96), spacing: float = 2.0) -> BrainCase:
-    """A BraTS-like subject: T1, T1c, T2, FLAIR and labels (0 background, 1 necrosis, 2 oedema, 3 enhancing)."""
+def make_brain_case(seed: int, shape=(96, 112, 96), spacing: float = 2.0, tumour_scale: float = 1.0) -> BrainCase:
+    """A BraTS-like subject: T1, T1c, T2, FLAIR and labels (0 background, 1 necrosis, 2 oedema, 3 enhancing).
+
+    `tumour_scale` shrinks or grows the tumour (core and oedema margin) without changing anything else the seed draws.
+    """
     shape = tuple(int(s) for s in shape)
     affine = centred_affine(shape, spacing)
     sp = np.abs(np.diag(affine)[:3])
@@ -194,9 +197,9 @@ def make_brain_case(seed: int, shape=(96, 112, 96), spacing: float = 2.0) -> Bra
     # --- tumour --------------------------------------------------------------------------------------------
     trng = np.random.default_rng([seed, 2])
     side = trng.choice([-1.0, 1.0])
-    r_core = trng.uniform(9.0, 19.0)
+    r_core = trng.uniform(9.0, 19.0) * tumour_scale
     core_axes = r_core * trng.uniform(0.75, 1.25, 3)
-    oedema_axes = core_axes + trng.uniform(7.0, 22.0, 3)
+    oedema_axes = core_axes + trng.uniform(7.0, 22.0, 3) * tumour_scale
     for _ in range(200):  # a centre in one hemisphere, deep enough that the core stays in the brain
         centre = c + np.array([side * trng.uniform(16, 40), trng.uniform(-48, 42), trng.uniform(-22, 32)]) * scale
         inside = ((centre - c) / (brain_axes - core_axes.max() - 6)) ** 2
