@@ -130,7 +130,8 @@ def test_command_line_report_and_explain_report(method_results, tmp_path, capsys
     for image in request["images"]:
         args += ["--image", image]
     assert main(args + ["--model", request["models"][0]]) == 0
-    assert "FLAIR" not in (tmp_path / "run" / "report.html").read_text() and (tmp_path / "run" / "result.json").exists()
+    page_text = (tmp_path / "run" / "report.html").read_text()
+    assert 'data-target="1"' in page_text and page_text.count('<tr class="') == 3   # the three channels A, B, C
     assert main(["report", str(tmp_path / "nothing")]) == 2
     with pytest.raises(InputError, match="not a SegXAI result folder"):
         write_report(tmp_path / "nothing")

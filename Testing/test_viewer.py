@@ -70,6 +70,15 @@ def test_viewer_table_jump_and_overlay(server, method_results):
         assert sign * (r - b) > 30, (r, g, b)   # the top region, centred by the jump, in red (for) or blue (against)
         for corner in (shot[3, 3], shot[3, -4], shot[-4, 3], shot[-4, -4]):
             assert _tinted(corner) <= 3, corner   # outside the case and its support: no overlay colour
+        # the opacity control: at 0 neither the overlay nor the regions tint the view
+        slider = pg.locator('input[name="opacity"]')
+        slider.locator("xpath=ancestor::div[contains(@class, 'v-input')][1]").locator(".v-slider-thumb").focus()
+        pg.keyboard.press("Home")
+        assert slider.input_value() == "0"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _tinted(screenshot_array(axial)[shot.shape[0] // 2, shot.shape[1] // 2]) > 3:
+            pg.wait_for_timeout(500)
+        assert _tinted(screenshot_array(axial)[shot.shape[0] // 2, shot.shape[1] // 2]) <= 3
         assert pg.console_errors == [], pg.console_errors
 
 

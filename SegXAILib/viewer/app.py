@@ -139,7 +139,12 @@ class ResultViewer:
         return add_volume(self.app.scene, array[..., 0] if array.ndim == 4 else array, geometry, str(channels[0]))
 
     def set_opacity(self, opacity: float) -> None:
+        """The attribution layer's opacity; the segmentations (regions, ROI, mask) fade with it below the default."""
         show_in_slice_views(self.app.scene, opacity=opacity, foreground=(self.runs[0].nodes.get("attribution") if self.runs else None))
+        for run in self.runs:
+            for role in ("players", "segmentation"):
+                if role in run.nodes:
+                    run.nodes[role].GetDisplayNode().SetOpacity(min(1.0, opacity / FOREGROUND_OPACITY))
         for view in self.app.view_manager.get_views():
             view.schedule_render()
 
