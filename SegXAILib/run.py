@@ -91,10 +91,11 @@ def run(request: ExplainRequest, progress: ProgressFn = no_progress, cancel: Can
                          "preprocessing": m.preprocessing} for m in inputs.models],
                 images=list(request.images), geometry=inputs.case.geometry.to_json(), channel_names=inputs.case.channel_names)
 
-    def compose(r: MethodResult, timings: dict | None = None) -> tuple[dict, dict, dict]:
+    def compose(r: MethodResult) -> tuple[dict, dict, dict]:
+        """result.json fields, maps and files of a result as of now (timings included), final or partial."""
         now = time.perf_counter()
-        timings = timings or {"load_s": round(loaded - started, 3), "explain_s": round(now - loaded, 3), "total_s": round(now - started, 3)}
-        prov = provenance(**base, timings=timings)
+        prov = provenance(**base, timings={"load_s": round(loaded - started, 3), "explain_s": round(now - loaded, 3),
+                                           "total_s": round(now - started, 3)})
         return {**r.result, "request": request.to_json(), "provenance": {**prov, "evaluator": r.stats}}, r.maps, r.files
 
     writer = PartialWriter(request.out, compose, lambda event, **fields: emit(progress, event, **fields)) if partial else None
@@ -106,9 +107,7 @@ def run(request: ExplainRequest, progress: ProgressFn = no_progress, cancel: Can
         if writer is not None:
             writer.discard()
         raise
-    finished = time.perf_counter()
-    timings = {"load_s": round(loaded - started, 3), "explain_s": round(finished - loaded, 3), "total_s": round(finished - started, 3)}
-    docs = {r.target: compose(r, timings) for r in results}
+    docs = {r.target: compose(r) for r in results}
     if len(docs) == 1:
         (result, maps, files), = docs.values()
         return write_result(request.out, result, maps, request.overwrite, files)

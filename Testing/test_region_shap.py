@@ -161,7 +161,7 @@ def test_anytime_results_stream_and_the_final_folder_is_the_non_streaming_one(fa
 
     def request(name):
         return ExplainRequest(images=far_case["images"], models=[far_case["model"]], out=str(far_case["dir"] / name), targets=["1"],
-                              value="tp", roi_mask=far_case["roi"], method="region-shap", budget=100, seed=4,
+                              value="tp", roi_mask=far_case["roi"], method="region-shap", budget=60, seed=4,
                               region=RegionOptions(features="supervoxel", n_players=8))
 
     streamed = run(request("streamed"), Recorder(io.StringIO()), partial=True)
@@ -169,7 +169,7 @@ def test_anytime_results_stream_and_the_final_folder_is_the_non_streaming_one(fa
     assert seen and all(name == "partial" for name, _, _ in seen)
     for _, fields, doc in seen:
         assert fields["path"] == str(streamed.absolute() / "partial") and set(fields) == {"event", "path", "coalitions", "budget"}
-        assert doc["partial"] == {"coalitions": fields["coalitions"], "budget": 100} and fields["coalitions"] <= 100
+        assert doc["partial"] == {"coalitions": fields["coalitions"], "budget": 60} and fields["coalitions"] <= 60
         assert len(doc["players"]) == len(read_result(quiet)["players"])
     assert not (streamed / "partial").exists()
     assert sorted(p.name for p in streamed.iterdir()) == sorted(p.name for p in quiet.iterdir())

@@ -208,7 +208,7 @@ def test_explain_argv_parses_back_to_the_same_request():
                                    factory="pkg.mod:build", factory_kwargs={"a": 1}, folds=["0", "2"], checkpoint="checkpoint_best.pth",
                                    mirroring=False),
         region=RegionOptions(features="organ", labels="organs.nii.gz", label_names={1: "liver", 2: "spleen"},
-                             cell_mm=12.5, mask_share=0.7, top_k=5, estimator="permutation", tolerance=0.02),
+                             cell_mm=12.5, mask_share=0.7, top_k=5, estimator="leverage-kernelshap", tolerance=0.02),
         causal=CausalOptions(intervention="baseline", min_samples=4, max_samples=12, mask_share=0.7,
                              components=["encoder.0", "decoder.1"], component_unit="block"))
     argv = explain_argv(request, python="/opt/PythonSlicer")
