@@ -354,7 +354,7 @@ def run_case(game: Game, estimators: list[str], seeds: int, cap_factor: float, m
         print(f"\n{game.name}: skipped. {missing}", flush=True)
         return {"case": game.name, "skipped": str(missing)}
     print(f"\n{game.name}: {game.n} players, reference: {how}", flush=True)
-    row = {"case": game.name, "players": game.n, "reference": how, "ours": {}, "windows": None}
+    row = {"case": game.name, "players": game.n, "reference": how, "ours": {}}
     for estimator in estimators:
         results = [OURS[estimator](game, seed, ours_cap, ref) for seed in range(seeds)]
         row["ours"][estimator] = summary([r[0] for r in results], ours_cap) | {"coalitions": [r[1] for r in results]}
