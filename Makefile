@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_region_shap.py
 	$(BIN)/python benchmarks/bench_tracin.py
 	$(BIN)/python benchmarks/bench_cohort.py
+	$(BIN)/python benchmarks/bench_time_to_accuracy.py
+	$(BIN)/python benchmarks/bench_forward_pass.py
 
 clean:
 	rm -rf $(VENV) demo-output
