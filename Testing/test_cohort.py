@@ -145,3 +145,22 @@ def test_demo_cohort_on_two_workers_survives_interruption_and_a_killed_worker(tm
     # models load once per worker process, not once per case
     loads = [o for o in doc["outcomes"] if o.get("models_loaded")]
     assert len(loads) <= len({o["pid"] for o in doc["outcomes"]})
+
+
+def test_folder_layout_lists_cases_by_channel_name(blob_case, tmp_path):
+    import shutil
+
+    root = tmp_path / "layout"
+    for name in ("p1", "p2"):
+        (root / name).mkdir(parents=True)
+        for channel, image in zip("ABC", blob_case["images"]):
+            shutil.copy(image, root / name / f"{channel}.nii.gz")
+        shutil.copy(blob_case["truth"], root / name / "labels.nii.gz")
+    shutil.copy(blob_case["roi"], root / "p2" / "roi.nii.gz")
+    cases = read_cases(root, ["A", "B", "C"])
+    assert [c.case_id for c in cases] == ["p1", "p2"] and cases[0].roi_mask is None and cases[1].roi_mask.endswith("roi.nii.gz")
+    assert [p.rsplit("/", 1)[1] for p in cases[0].images] == ["A.nii.gz", "B.nii.gz", "C.nii.gz"]
+    with pytest.raises(InputError, match="channel names are unknown"):
+        read_cases(root, None)
+    with pytest.raises(InputError, match="lacks"):
+        read_cases(root, ["A", "B", "D"])
