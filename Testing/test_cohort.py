@@ -93,6 +93,10 @@ def _kill_a_busy_worker(client, killed: list, stop: threading.Event) -> None:
         time.sleep(0.05)
 
 
+def _executing(dask_worker) -> int:
+    return dask_worker.state.executing_count
+
+
 def _listening_addresses(pids) -> set[str]:
     import psutil
 
@@ -113,7 +117,8 @@ def test_demo_cohort_on_two_workers_survives_interruption_and_a_killed_worker(tm
         with pytest.raises(Cancelled):
             run_cohort(cases, archs, template, out, scheduler=cluster.scheduler_address, n_resamples=100, cancel=cancel,
                        on_event=lambda e: e["event"] == "cohort-progress" and cancel.set())
-        client.restart()      # the interruption also kills the cases still running: their folders are never half-written
+        while sum(client.run(_executing).values()):      # cases already running on a worker still finish, atomically
+            time.sleep(0.2)
         assert _listening_addresses([os.getpid(), *client.run(os.getpid).values()]) == {"127.0.0.1"}
         first = {p.parent.parent.name: p.stat().st_mtime_ns for p in (out / "cases").glob("*/unet/index.json")}
         assert 1 <= len(first) < 4
@@ -140,3 +145,22 @@ def test_demo_cohort_on_two_workers_survives_interruption_and_a_killed_worker(tm
     # models load once per worker process, not once per case
     loads = [o for o in doc["outcomes"] if o.get("models_loaded")]
     assert len(loads) <= len({o["pid"] for o in doc["outcomes"]})
+
+
+def test_folder_layout_lists_cases_by_channel_name(blob_case, tmp_path):
+    import shutil
+
+    root = tmp_path / "layout"
+    for name in ("p1", "p2"):
+        (root / name).mkdir(parents=True)
+        for channel, image in zip("ABC", blob_case["images"]):
+            shutil.copy(image, root / name / f"{channel}.nii.gz")
+        shutil.copy(blob_case["truth"], root / name / "labels.nii.gz")
+    shutil.copy(blob_case["roi"], root / "p2" / "roi.nii.gz")
+    cases = read_cases(root, ["A", "B", "C"])
+    assert [c.case_id for c in cases] == ["p1", "p2"] and cases[0].roi_mask is None and cases[1].roi_mask.endswith("roi.nii.gz")
+    assert [p.rsplit("/", 1)[1] for p in cases[0].images] == ["A.nii.gz", "B.nii.gz", "C.nii.gz"]
+    with pytest.raises(InputError, match="channel names are unknown"):
+        read_cases(root, None)
+    with pytest.raises(InputError, match="lacks"):
+        read_cases(root, ["A", "B", "D"])

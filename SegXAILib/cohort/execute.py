@@ -43,7 +43,7 @@ def plan(cases: list[CohortCase], architectures: dict[str, list[str]], out: Path
     return [Task(c, a, case_folder(out, c.case_id, a)) for c in cases for a in architectures]
 
 
-def _client(scheduler: str | None, workers: int | None, threads: int | None):
+def _client(scheduler: str | None, workers: int | None):
     """A Dask client on the given scheduler, or on a fresh LocalCluster of `workers` processes (listening on 127.0.0.1)."""
     from distributed import Client, LocalCluster
 
@@ -90,7 +90,7 @@ def run_tasks(tasks: list[Task], template: ExplainRequest, architectures: dict[s
     cores = os.cpu_count() or 1
     n = min(workers or cores, len(todo)) if not scheduler else None
     threads = max(1, cores // n) if n else None
-    client, cluster = _client(scheduler, n, threads)
+    client, cluster = _client(scheduler, n)
     try:
         client.register_plugin(ModelCache(threads))
         n_workers = len(client.scheduler_info()["workers"])
@@ -98,7 +98,9 @@ def run_tasks(tasks: list[Task], template: ExplainRequest, architectures: dict[s
         futures = {}
         for t in todo:
             request = dataclasses.replace(template, models=list(architectures[t.architecture]))
-            futures[client.submit(explain_case, t.case, t.architecture, request, str(t.out), truth_reference, pure=False, key=f"segxai-{t.name}-{time.time_ns()}")] = t
+            future = client.submit(explain_case, t.case, t.architecture, request, str(t.out), truth_reference, pure=False,
+                                   key=f"segxai-{t.name}-{time.time_ns()}")
+            futures[future] = t
         arriving = as_completed(list(futures))
         while not arriving.is_empty():
             if cancel is not None and cancel.is_set():
