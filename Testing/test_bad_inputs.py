@@ -65,6 +65,18 @@ class Pooled(torch.nn.Module):
         return self.conv(x)
 
 
+class InfiniteWithoutBlob(torch.nn.Module):
+    """ThresholdSum's answer plus log(max of channel 0 in the window): finite on the case (the blob is 2 there), −inf
+    once a causal intervention replaces the blob by the baseline 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = ThresholdSum([1.0, 1.0, 0.0], 1.5)
+
+    def forward(self, x):
+        return self.inner(x) + torch.log(x[:, :1].amax(dim=(2, 3, 4), keepdim=True))
+
+
 def torchscript(tmp: Path, module: torch.nn.Module, metadata: str | None) -> str:
     path = tmp / "model.pt"
     torch.jit.save(torch.jit.script(module.eval()), str(path), _extra_files={"segxai.json": metadata} if metadata is not None else {})
@@ -72,8 +84,11 @@ def torchscript(tmp: Path, module: torch.nn.Module, metadata: str | None) -> str
 
 
 def blob_model(tmp: Path, meta: dict) -> str:
-    return str(save_torchscript(ThresholdSum([1.0, 1.0, 0.0], 1.5), tmp / "model.pt",
-                                {"channels": ["A", "B", "C"], "labels": {"background": 0, "blob": 1}, **meta}))
+    return blob_model_of(tmp, ThresholdSum([1.0, 1.0, 0.0], 1.5), meta)
+
+
+def blob_model_of(tmp: Path, module: torch.nn.Module, meta: dict | None = None) -> str:
+    return str(save_torchscript(module, tmp / "model.pt", {"channels": ["A", "B", "C"], "labels": {"background": 0, "blob": 1}, **(meta or {})}))
 
 
 def shifted(case, tmp):
@@ -163,6 +178,10 @@ CATALOGUE = [
     Row("model's own forward pass fails on the input", lambda c, t: base(c, model=torchscript(t, PicksFourth(), None),
                                                                          extra=["--channels", "A,B,C"]),
         3, "was given a batch of shape (1, 3, 24, 20, 16)"),
+    Row("model outputs infinite under a causal intervention",
+        lambda c, t: base(c, model=blob_model_of(t, InfiniteWithoutBlob()),
+                          extra=["--method", "causal", "--intervention", "baseline", "--features", "labels", "--labels", c["truth"],
+                                 "--value", "tp"]), 3, "NaN or infinite outputs under a causal intervention"),
     Row("model output is not a segmentation of its input", lambda c, t: base(c, model=torchscript(t, Pooled(), None)),
         3, "returned (1, 2, 12, 10, 8), not (windows, classes, *window)"),
     Row("region-based model whose metadata gives no region labels, with --ground-truth",
