@@ -1,10 +1,14 @@
-"""Cohort statistics: checked against scipy and against answers known by construction; the bootstrap interval's coverage."""
+"""Cohort statistics: checked against scipy and against answers known by construction; the bootstrap interval's coverage.
+The cohort page shows them, self-contained."""
+
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from SegXAILib.cohort.report import write_html
 from SegXAILib.cohort.stats import agreement_by_dice, bootstrap_ci, cohort_statistics, correlation, top_contrast
 from SegXAILib.cohort.table import case_rows
 
@@ -77,13 +81,33 @@ def test_case_rows_recompute_agreement_and_uncertainty_with_agreement_py():
     assert flipped["uncertainty"] > 0 and flipped["rank_variance_mean"] == pytest.approx(1.25)
 
 
-def test_cohort_statistics_per_architecture_and_region():
-    rows = [{"case_id": f"c{i}", "architecture": a, "region": r, "dice": d, "kendall_tau": t, "uncertainty": u, "top_contrast": "FLAIR"}
+def _cohort_rows():
+    return [{"case_id": f"c{i}", "architecture": a, "region": r, "dice": d, "kendall_tau": t, "uncertainty": u, "top_contrast": "FLAIR"}
             for a in ("unet", "swin") for r in ("WT", "ET")
             for i, (d, t, u) in enumerate(zip([0.9, 0.8, 0.7, 0.5, 0.3], [1.0, 0.67, 0.67, 0.0, -0.33], [0.0, 0.1, 0.2, 0.3, 0.5]))]
-    out = cohort_statistics(pd.DataFrame(rows), threshold=0.6, n_resamples=200)
+
+
+def test_cohort_statistics_per_architecture_and_region():
+    out = cohort_statistics(pd.DataFrame(_cohort_rows()), threshold=0.6, n_resamples=200)
     assert set(out) == {"unet", "swin"} and set(out["unet"]) == {"WT", "ET"}
     s = out["unet"]["WT"]
     assert s["n_cases"] == 5 and s["top_contrast"]["FLAIR"]["count"] == 5
     assert s["uncertainty_vs_dice"]["spearman"]["r"] == pytest.approx(-1.0)
     assert s["agreement_by_dice"]["high_dice"]["n"] == 3 and s["agreement_by_dice"]["mann_whitney"]["U"] == 6.0
+
+
+def test_cohort_page_shows_the_statistics_on_the_shared_report_base(tmp_path):
+    table = pd.DataFrame(_cohort_rows())
+    doc = {"title": "demo", "n_cases": 5, "architectures": ["unet", "swin"], "dice_threshold": 0.6, "bootstrap_resamples": 200,
+           "seed": 0, "statistics": cohort_statistics(table, threshold=0.6, n_resamples=200),
+           "failures": [{"case_id": "bad", "architecture": "unet", "error": "no voxel <inside> the ROI"}],
+           "provenance": {"versions": {"segxai": "9.9"}}}
+    html = write_html(tmp_path / "cohort.html", table, doc).read_text()
+    assert "<title>SegXAI cohort: demo</title>" in html and "This page is self-contained" in html   # the base template
+    assert not re.search(r"<script|<link|@import|url\(", html)
+    assert [src[:22] for src in re.findall(r'src="([^"]*)"', html)] == ["data:image/png;base64,"] * 3
+    assert "<h2>unet</h2>" in html and "<h2>swin</h2>" in html and html.count("FLAIR 5") == 4       # every arch x region row
+    s = doc["statistics"]["unet"]["WT"]
+    low, high = s["dice"]["ci95"]
+    assert f"0.64 [{low:.3g}, {high:.3g}]" in html and "6 (" in html and "(n=3)" in html and "(n=2)" in html
+    assert "no voxel &lt;inside&gt; the ROI" in html and "SegXAI 9.9" in html                     # escaped, provenance

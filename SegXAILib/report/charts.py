@@ -5,16 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..colormap import RED, BLUE, matplotlib_colormap
+from ..plots import _pyplot
 from .html import figure_uri
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def ranking_chart(rows: list[dict], title: str, ylabel: str, max_bars: int = 30) -> str:

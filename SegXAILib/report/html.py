@@ -25,6 +25,7 @@ def environment(*extra_dirs: str | Path) -> Environment:
     env = Environment(loader=ChoiceLoader(loaders), autoescape=select_autoescape(["html", "j2"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = number
+    env.filters["interval"] = interval
     return env
 
 
@@ -35,6 +36,11 @@ def number(value, digits: int = 3, signed: bool = True) -> str:
     if isinstance(value, (int, float, np.floating, np.integer)):
         return f"{float(value):{'+' if signed else ''}.{digits}g}"
     return str(value)
+
+
+def interval(bounds, digits: int = 3, signed: bool = True) -> str:
+    """A confidence interval as '[low, high]' in `number`'s format, '' for none (the value beside it says '—')."""
+    return "" if not bounds else f"[{number(bounds[0], digits, signed)}, {number(bounds[1], digits, signed)}]"
 
 
 def render(template: str, *extra_dirs: str | Path, **context) -> str:

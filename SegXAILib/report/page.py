@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..result import INDEX_FILE, RESULT_FILE, read_result
 from ..volumes import read_volume
 from . import charts
-from .html import file_uri, png_uri, write_page
+from .html import file_uri, interval, png_uri, write_page
 from .slices import VIEWS, Oriented, compose, pixel_scale, region_centre, view_axis, view_plane
 
 REPORT_FILE = "report.html"
@@ -32,7 +32,7 @@ def uncertainty_of(player: dict, n_models: int) -> dict:
     if se is not None:
         return {"err_low": value - se, "err_high": value + se, "err_label": "± standard error", "pm": f"±{se:.3g}"}
     if low is not None and high is not None:
-        return {"err_low": low, "err_high": high, "err_label": "95 % interval", "pm": f"[{low:+.3g}, {high:+.3g}]"}
+        return {"err_low": low, "err_high": high, "err_label": "95 % interval", "pm": interval((low, high))}
     std = _number(player.get("std"))
     if n_models > 1 and std is not None:
         return {"err_low": None, "pm": f"s.d. {std:.3g}"}
