@@ -17,7 +17,7 @@ import threading
 from .errors import Cancelled, InputError, MemoryBudgetError, ModelError, SegXAIError
 from .models import ModelOptions, describe_model
 from .progress import JsonLinesProgress, TerminalProgress, format_event, no_progress
-from .estimators import APPROXIMATORS, DEFAULT_ESTIMATOR
+from .estimators import APPROXIMATORS
 from .window_games import ESTIMATORS as CACHE_ESTIMATORS
 from .players import KINDS
 from .request import CausalOptions, ExplainRequest, GradientOptions, RegionOptions, TracInOptions
@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     size = r.add_mutually_exclusive_group()
     size.add_argument("--n-players", type=int, default=64, help="number of supervoxels (approximate)")
     size.add_argument("--cell-mm", type=float, help="lattice cell size in mm")
-    r.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=list(APPROXIMATORS) + list(CACHE_ESTIMATORS),
-                   help="shapiq approximator when not exact, or one that fits the window cache: permutation-cached "
-                        "(antithetic permutations), window-games (exact, for values summed over voxels)")
+    r.add_argument("--estimator", default=RegionOptions.estimator, choices=list(APPROXIMATORS) + list(CACHE_ESTIMATORS),
+                   help="when not exact: permutation-cached (default; antithetic permutations that re-run only the windows a "
+                        "step changes), window-games (exact, for values summed over voxels), or a shapiq approximator")
     r.add_argument("--mask-share", type=float, default=0.8, help="share of positive attribution the global mask holds")
     r.add_argument("--top-k", type=int, default=10)
     c = e.add_argument_group("causal ATE (regions as for region SHAP)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from .estimators import DEFAULT_ESTIMATOR
 from .models.options import ModelOptions
 
 
@@ -17,7 +16,9 @@ class RegionOptions:
     label_names: dict[int, str] | None = None
     n_players: int = 64                     # supervoxel / hybrid count (lattice: when no cell size is given)
     cell_mm: float | None = None            # lattice cell size
-    estimator: str = DEFAULT_ESTIMATOR      # a shapiq approximator (see estimators.APPROXIMATORS) when not exact
+    # when not exact: permutation-cached (window_games.py: the fastest to a converged map, docs/benchmarks.md) or a shapiq
+    # approximator (estimators.APPROXIMATORS)
+    estimator: str = "permutation-cached"
     tolerance: float | None = None          # stop once every player's standard error is at most this (budget: upper bound)
     mask_share: float = 0.8                 # the global mask holds this share of the positive attribution
     top_k: int = 10

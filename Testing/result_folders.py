@@ -46,7 +46,8 @@ def make_results(folder: Path) -> dict[str, Path]:
     requests = {
         "contrast-shapley": ExplainRequest(models=case["models"], method="contrast-shapley", value="dice",
                                            ground_truth=case["truth"], out=str(folder / "contrast"), **common),
-        "region-shap": ExplainRequest(models=case["models"][:1], method="region-shap", value="soft-dice", budget=64, region=region,
+        # budget 400 = 8 antithetic permutation pairs of 24 players: enough for a calibrated standard error
+        "region-shap": ExplainRequest(models=case["models"][:1], method="region-shap", value="soft-dice", budget=400, region=region,
                                       out=str(folder / "region"), **common),
         "causal": ExplainRequest(models=case["models"][:1], method="causal", value="soft-dice", region=region,
                                  causal=CausalOptions(min_samples=2, max_samples=3), out=str(folder / "causal"), **common),

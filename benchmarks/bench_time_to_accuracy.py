@@ -13,15 +13,15 @@ target inside the ROI against the model's own full prediction). Outside the play
   its time is the time of the first (smallest) budget whose map passes: the budget an oracle would have picked.
 - SegXAI: a fresh ROI-restricted `Evaluator` (windows over the ROI only, memoised window logits, timed from its
   construction) and an estimator. `permutation-cached` (window_games.py, fits the window cache) is anytime: its time
-  is when its running estimate first passes. The engine's default `leverage-kernelshap` (replicates of shapiq
-  KernelSHAP with pairing and leverage weights) runs the same doubling ladder as Captum.
+  is when its running estimate first passes; it is region SHAP's default. The default shapiq approximator
+  (`estimators.DEFAULT_ESTIMATOR`, run as replicates) climbs the same doubling ladder as Captum.
 - Passing: relative L2 error ≤ 0.1 against the reference and the same five top regions (largest values).
 - Reference: exact enumeration when the players allow it (organ players). Else two different estimators on
   independent samples: the permutation Monte Carlo mean over half of the stored large-budget runs, and the
   Shapley-kernel regression on the coalitions of the other half; their agreement is printed and their mean is the
   reference. The runs (`--write-reference`, every coalition and value recorded) live in benchmarks/references/
   with a fingerprint of the game (players, v(∅), v(N)) and count only when the fingerprint matches.
-- The naive side's time cap is `--cap-factor` × SegXAI's slowest seed (12; 10 with --quick; at least `--min-cap` s).
+- The naive side's time cap is `--cap-factor` × SegXAI's median time (12; 10 with --quick; at least `--min-cap` s).
   A naive run that reaches the cap is stopped and reported as "> cap"; the ratio is then a lower bound ("> x×"),
   never an estimate. Showing ≥ 10× over 5 seeds costs the naive side ≥ 50 × SegXAI's time, so --quick climbs
   Captum's ladder in steps of 4 (2 otherwise), which can only overstate Captum's time by picking a larger budget.
@@ -171,8 +171,8 @@ def _capped(ev: Evaluator, game: Game, deadline: float):
     return evaluate
 
 
-def kernelshap_paired(evaluate, n: int, budget: int, seed: int) -> np.ndarray:
-    """The engine's default estimator: replicates of shapiq KernelSHAP with paired sampling and leverage weights."""
+def shapiq_default(evaluate, n: int, budget: int, seed: int) -> np.ndarray:
+    """The default shapiq approximator (estimators.DEFAULT_ESTIMATOR) as the engine runs it: independent replicates."""
     return estimate_shapley(evaluate, n, budget, DEFAULT_ESTIMATOR, seed)["values"]
 
 
@@ -224,14 +224,14 @@ def ours_permutation(game: Game, seed: int, cap: float, ref: np.ndarray) -> tupl
     return None, None
 
 
-def ours_kernelshap(game: Game, seed: int, cap: float, ref: np.ndarray) -> tuple[float | None, int | None]:
+def ours_shapiq(game: Game, seed: int, cap: float, ref: np.ndarray) -> tuple[float | None, int | None]:
     def run(budget, deadline):
         ev = game.evaluator()
-        return kernelshap_paired(_capped(ev, game, deadline), game.n, budget, seed)
+        return shapiq_default(_capped(ev, game, deadline), game.n, budget, seed)
     return ladder(run, 2 * game.n + 2, cap, ref)
 
 
-OURS = {"permutation-cached": ours_permutation, DEFAULT_ESTIMATOR: ours_kernelshap}
+OURS = {"permutation-cached": ours_permutation, DEFAULT_ESTIMATOR: ours_shapiq}
 
 
 # ----- reference -------------------------------------------------------------------------------------------
@@ -365,7 +365,7 @@ def run_case(game: Game, estimators: list[str], seeds: int, cap_factor: float, m
         row["naive"] = None
         print(f"time-to-accuracy ratio: n/a (SegXAI did not reach the reference within {ours_cap:.0f} s) ({game.name}, {best})")
         return row
-    cap = max(min_cap, cap_factor * max(t for t in ours["seconds"] if t is not None))
+    cap = max(min_cap, cap_factor * ours["median_s"])
     batch = game.evaluator().batch_size
     results = [ladder(lambda b, d, s=seed: naive_map(game, b, s, d, batch), 2 * game.n + 2, cap, ref, naive_factor)
                for seed in range(seeds)]
@@ -386,7 +386,7 @@ def main() -> None:
     parser.add_argument("--cases", default="brain,ct,brats")
     parser.add_argument("--estimators", default=f"permutation-cached,{DEFAULT_ESTIMATOR}")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--cap-factor", type=float, default=None, help="naive cap = this × SegXAI's slowest seed (12; quick: 10)")
+    parser.add_argument("--cap-factor", type=float, default=None, help="naive cap = this × SegXAI's median time (12; quick: 10)")
     parser.add_argument("--ladder-factor", type=int, default=None, help="naive budget ladder step (2; quick: 4, to fit 10 min)")
     parser.add_argument("--min-cap", type=float, default=20.0)
     parser.add_argument("--ours-cap", type=float, default=600.0)
