@@ -109,14 +109,20 @@ def test_axis_aligned_roi_node_matches_box_mask(scene):
     assert np.array_equal(mrml.roi_mask(roi, geo), ~mask) and mrml.roi_box(roi) is None
 
 
+def rotated_roi(scene, size, centre, degrees_about_s):
+    """A markups ROI of `size` mm turned about the S axis by its own object-to-node matrix, centred at `centre` (RAS)."""
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.SetSize(*size)
+    transform = vtk.vtkTransform()
+    transform.Translate(*centre)
+    transform.RotateZ(degrees_about_s)
+    roi.SetAndObserveObjectToNodeMatrix(transform.GetMatrix())
+    return roi
+
+
 def test_rotated_roi_node_selects_the_rotated_box(scene):
     geo = Geometry((40, 40, 5), np.diag([1.0, 1.0, 1.0, 1.0]))
-    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
-    roi.SetSize(20, 4, 10)
-    transform = vtk.vtkTransform()
-    transform.Translate(20, 20, 2)
-    transform.RotateZ(45)
-    roi.SetAndObserveObjectToNodeMatrix(transform.GetMatrix())
+    roi = rotated_roi(scene, (20, 4, 10), (20, 20, 2), 45)
     mask = mrml.roi_mask(roi, geo)
     assert mrml.roi_box(roi) is None
     assert mask[20, 20, 2] and mask[25, 25, 2] and mask[15, 15, 2]  # along the rotated long axis
@@ -124,7 +130,7 @@ def test_rotated_roi_node_selects_the_rotated_box(scene):
     # the same box via a parent transform instead of the ROI's own orientation
     roi2 = mrml.add_roi_node(scene, [-10, -2, -5], [10, 2, 5])
     parent = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-    parent.SetMatrixTransformToParent(transform.GetMatrix())
+    parent.SetMatrixTransformToParent(roi.GetObjectToNodeMatrix())
     roi2.SetAndObserveTransformNodeID(parent.GetID())
     assert np.array_equal(mrml.roi_mask(roi2, geo), mask)
 
@@ -418,12 +424,7 @@ def test_rotated_roi_memory_follows_the_roi_not_the_image(scene):
     import tracemalloc
 
     geo = Geometry((256, 256, 120), np.diag([0.8, 0.8, 1.5, 1.0]))
-    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
-    roi.SetSize(30, 10, 12)
-    transform = vtk.vtkTransform()
-    transform.Translate(100, 100, 90)
-    transform.RotateZ(30)
-    roi.SetAndObserveObjectToNodeMatrix(transform.GetMatrix())
+    roi = rotated_roi(scene, (30, 10, 12), (100, 100, 90), 30)
     tracemalloc.start()
     mask = mrml.roi_mask(roi, geo)
     _, peak = tracemalloc.get_traced_memory()
