@@ -179,6 +179,16 @@ def _check_finite(array: np.ndarray, path: str) -> None:
         raise InputError(f"{path} has {bad} NaN or infinite voxels.", "Replace them (e.g. with 0) before explaining; the model's output there is undefined.")
 
 
+def onto_grid(arrays: list[np.ndarray], geo: Geometry, grid: Geometry, resample: bool, name: str, first: str, fix: str) -> list[np.ndarray]:
+    """`arrays` (on `geo`) on the case grid: unchanged when the grids agree, trilinear when `resample`, else an error."""
+    diffs = grid.differences(geo)
+    if not diffs:
+        return arrays
+    if not resample:
+        raise InputError(f"{name} is not on the grid of {first}: {'; '.join(diffs)}.", fix)
+    return [resample_to(a, geo, grid, order=1) for a in arrays]
+
+
 def load_case(paths: Sequence[str | Path], channel_names: Sequence[str] | None = None, resample: bool = False) -> Case:
     """One file per contrast, or one 4D file. Contrasts on a different grid are an error unless `resample`."""
     channels: list[np.ndarray] = []
@@ -188,13 +198,9 @@ def load_case(paths: Sequence[str | Path], channel_names: Sequence[str] | None =
         data, geo = read_volume(path)
         _check_finite(data, str(path))
         stack = [data[..., c] for c in range(data.shape[3])] if data.ndim == 4 else [data]
-        if geometry is None:
-            geometry = geo
-        elif diffs := geometry.differences(geo):
-            if not resample:
-                raise InputError(f"{path} is not on the grid of {paths[0]}: {'; '.join(diffs)}.",
-                                 "Register/resample the contrasts onto one grid, or pass --resample to resample them onto the first image (trilinear).")
-            stack = [resample_to(s, geo, geometry, order=1) for s in stack]
+        geometry = geometry or geo
+        stack = onto_grid(stack, geo, geometry, resample, str(path), str(paths[0]),
+                          "Register/resample the contrasts onto one grid, or pass --resample to resample them onto the first image (trilinear).")
         channels.extend(np.asarray(s, dtype=np.float32) for s in stack)
         sources.extend([str(path)] * len(stack))
     if not channels:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .estimators import MIN_REPLICATES, exact_shapley
+from .estimators import MIN_REPLICATES, estimate_shapley, exact_shapley
 from .targets import Target
 
 CELL_PLAYER_LIMIT = 16      # a cell game is enumerated over at most 2^16 coalitions
@@ -211,7 +211,6 @@ def estimate_on_evaluator(name: str, evaluator, value: str, value_fn, target: Ta
         return evaluator.evaluate(coalitions, lambda z: [value_fn(z, target, ref)], stage=stage, group=len(coalitions))[:, 0]
 
     if budget is None:
-        from .estimators import estimate_shapley
         return estimate_shapley(evaluate, n, None)
     if budget < 2 * (n + 1):
         raise InputError(f"A budget of {budget} is below one antithetic permutation pair ({2 * (n + 1)} coalitions for {n} players).",

@@ -15,7 +15,7 @@ import vtk
 from slicer import vtkMRMLScene, vtkMRMLSegmentationNode, vtkOrientedImageData, vtkSegmentation
 
 from ..errors import InputError
-from ..volumes import Case, Geometry, box_mask, resample_to, write_volume
+from ..volumes import Case, Geometry, box_mask, onto_grid, resample_to, write_volume
 from ._vtk import _extent_offset, _image_to_array, _safe, _to_array, _to_world
 
 
@@ -44,13 +44,9 @@ def case_from_volumes(nodes: Sequence, channel_names: Sequence[str] | None = Non
     channels, geometry = [], None
     for node in nodes:
         array, geo = array_from_volume(node)
-        if geometry is None:
-            geometry = geo
-        elif diffs := geometry.differences(geo):
-            if not resample:
-                raise InputError(f"{node.GetName()} is not on the grid of {nodes[0].GetName()}: {'; '.join(diffs)}.",
-                                 "Resample it onto the first volume (Resample Scalar/Vector/DWI Volume), or allow resampling.")
-            array = resample_to(array, geo, geometry, order=1)
+        geometry = geometry or geo
+        array, = onto_grid([array], geo, geometry, resample, node.GetName(), nodes[0].GetName(),
+                           "Resample it onto the first volume (Resample Scalar/Vector/DWI Volume), or allow resampling.")
         channels.append(np.asarray(array, dtype=np.float32))
     names = list(channel_names) if channel_names else [n.GetName() for n in nodes]
     return Case(np.stack(channels), geometry, names, [n.GetID() for n in nodes])
