@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_tracin.py
 	$(BIN)/python benchmarks/bench_cohort.py
 	$(BIN)/python benchmarks/bench_time_to_accuracy.py
+	$(BIN)/python benchmarks/bench_first_map.py
 	$(BIN)/python benchmarks/bench_forward_pass.py
 
 clean:

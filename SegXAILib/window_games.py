@@ -43,8 +43,9 @@ def permutation_shapley(evaluate, n: int, budget: int, seed: int = 0, on_pair=No
     or, with `tolerance`, until every standard error is at most it (after MIN_REPLICATES pairs).
 
     `evaluate(coalitions (m, n) bool) -> (m,) values` must evaluate a whole batch in one call so that the evaluator
-    can share window runs between the prefixes. `on_pair(values, std_error, pairs)` sees each running estimate.
-    Pairs are independent, so sd/√pairs is a calibrated standard error.
+    can share window runs between the prefixes. `on_pair(values, std_error, pairs)` sees each running estimate, the
+    first one after half a pair (pairs = 0.5, no standard error): a first map after n + 1 coalitions, while the
+    reversed permutation runs. Pairs are independent, so sd/√pairs is a calibrated standard error.
     """
     per_pair = 2 * (n + 1)
     pairs = max(1, budget // per_pair)
@@ -54,8 +55,15 @@ def permutation_shapley(evaluate, n: int, budget: int, seed: int = 0, on_pair=No
     stopped = "budget"
     for k in range(pairs):
         order = rng.permutation(n)
-        z = np.concatenate([permutation_coalitions(order), permutation_coalitions(order[::-1])])
-        v = np.asarray(evaluate(z), dtype=np.float64)
+        forward, backward = permutation_coalitions(order), permutation_coalitions(order[::-1])
+        if k == 0 and on_pair is not None:
+            v_forward = np.asarray(evaluate(forward), dtype=np.float64)
+            first = np.zeros(n)
+            first[order] = np.diff(v_forward)
+            on_pair(first, np.full(n, np.nan), 0.5)
+            v = np.concatenate([v_forward, evaluate(backward)])
+        else:
+            v = np.asarray(evaluate(np.concatenate([forward, backward])), dtype=np.float64)
         v_empty, v_full = v[0], v[n]
         for half, perm in ((v[:n + 1], order), (v[n + 1:], order[::-1])):
             samples[k, perm] += 0.5 * np.diff(half)
@@ -220,7 +228,7 @@ def estimate_on_evaluator(name: str, evaluator, value: str, value_fn, target: Ta
     def partial(values, std_error, pairs):
         if on_partial is not None and ends:
             on_partial({"values": values, "std_error": std_error if pairs >= MIN_REPLICATES else None, "v_empty": ends[0],
-                        "v_full": ends[1], "evaluations": pairs * 2 * (n + 1), "exact": False, "estimator": name,
+                        "v_full": ends[1], "evaluations": int(pairs * 2 * (n + 1)), "exact": False, "estimator": name,
                         "settings": {"antithetic": True, "pairs": pairs}, "replicates": pairs, "budget": budget, "stopped": "budget"})
 
     def evaluate_ends(coalitions):

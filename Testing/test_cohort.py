@@ -106,7 +106,8 @@ def _listening_addresses(pids) -> set[str]:
 def test_demo_cohort_on_two_workers_survives_interruption_and_a_killed_worker(tmp_path):
     from distributed import Client, LocalCluster
 
-    cases = read_cases(write_demo_cohort(4, tmp_path / "cases", crop=64), None)
+    n = 5   # at the first progress event at most 2 cases are done and 2 still run (2 one-thread workers): some are left
+    cases = read_cases(write_demo_cohort(n, tmp_path / "cases", crop=64), None)
     archs = {"unet": [str(p) for p in demo_models()[:2]]}
     template = ExplainRequest(images=[], models=[], out="", targets=["WT", "ET"], model_options=ModelOptions(trust=True))
     out = tmp_path / "cohort"
@@ -121,7 +122,7 @@ def test_demo_cohort_on_two_workers_survives_interruption_and_a_killed_worker(tm
             time.sleep(0.2)
         assert _listening_addresses([os.getpid(), *client.run(os.getpid).values()]) == {"127.0.0.1"}
         first = {p.parent.parent.name: p.stat().st_mtime_ns for p in (out / "cases").glob("*/unet/index.json")}
-        assert 1 <= len(first) < 4
+        assert 1 <= len(first) < n
 
         # the resumed run computes only the missing cases, while one worker is killed under it
         killed, stop = [], threading.Event()
@@ -132,16 +133,16 @@ def test_demo_cohort_on_two_workers_survives_interruption_and_a_killed_worker(tm
         stop.set()
         killer.join()
     assert killed, "no worker was killed mid-run"
-    assert doc["run"]["skipped"] == len(first) and doc["run"]["computed"] == 4 - len(first) and not doc["failures"], doc["outcomes"]
+    assert doc["run"]["skipped"] == len(first) and doc["run"]["computed"] == n - len(first) and not doc["failures"], doc["outcomes"]
     assert sorted(o["case_id"] for o in doc["outcomes"]) == sorted(set(c.case_id for c in cases) - set(first))
     assert {p.parent.parent.name: p.stat().st_mtime_ns for p in (out / "cases").glob("*/unet/index.json")
             if p.parent.parent.name in first} == first
-    assert events[-1]["event"] == "cohort-done" and events[-1]["done"] == 4
+    assert events[-1]["event"] == "cohort-done" and events[-1]["done"] == n
     table = pd.read_csv(out / "cohort.csv")
-    assert len(table) == 8 and set(table.region) == {"WT", "ET"} and table.dice.between(0, 1).all()
+    assert len(table) == 2 * n and set(table.region) == {"WT", "ET"} and table.dice.between(0, 1).all()
     assert {"difficulty", "noise", "defect"} <= set(table.columns)
     doc = json.loads((out / "cohort.json").read_text())
-    assert set(doc["statistics"]["unet"]) == {"WT", "ET"} and doc["n_cases"] == 4
+    assert set(doc["statistics"]["unet"]) == {"WT", "ET"} and doc["n_cases"] == n
     # models load once per worker process, not once per case
     loads = [o for o in doc["outcomes"] if o.get("models_loaded")]
     assert len(loads) <= len({o["pid"] for o in doc["outcomes"]})

@@ -353,6 +353,29 @@ def test_self_test_engine_step_here(panel, tmp_path):
     assert run.parameters()["request"]["models"] == models and len(models) == 2
 
 
+def test_a_partial_folder_being_swapped_is_retried_not_dropped(panel, tmp_path, caplog):
+    """The engine swaps OUT/partial/ by two renames and the final result replaces OUT, so an announced folder can be
+    missing for a moment or for good: the panel retries the newest one on the next poll, warns about nothing, and
+    loads the final result."""
+    from SegXAILib import mrml_adapter as mrml
+    from SegXAILib.result import write_result
+    from SegXAILib.runner import EngineRunner
+    from SegXAILib.volumes import Geometry
+
+    geometry = Geometry((6, 5, 4), np.eye(4))
+    result = ({"method": "contrast-shapley", "value_function": "dice", "target_label": "WT", "ranking": ["T2", "T1"],
+               "players": [{"name": n, "value": v, "std": 0.0, "std_error": None} for n, v in (("T1", 0.2), ("T2", 0.6))]},
+              {"attribution": (np.ones(geometry.shape, np.float32), geometry)})
+    final = write_result(tmp_path / "out", *result)
+    runs = panel.runs.PanelRuns(mrml.new_scene(tmp_path / "cache"), sys.executable)
+    runs.start(EngineRunner(panel.selftest.stand_in_engine_argv(final, [tmp_path / "out" / "partial"])).start())
+    with caplog.at_level("WARNING"):
+        _wait(runs)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert runs.partials == 0 and runs._pending is None
+    assert [r.result["target_label"] for r in runs.runs] == ["WT"]
+
+
 def test_final_result_over_several_targets_replaces_the_partial_run(panel, tmp_path):
     from SegXAILib import mrml_adapter as mrml
     from SegXAILib.result import write_result, write_results

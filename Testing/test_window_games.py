@@ -96,8 +96,12 @@ def test_permutation_standard_error_is_calibrated():
 
 def test_permutation_stops_at_tolerance_and_reports_partials():
     value, phi = _toy_game()
-    seen = []
-    est = permutation_shapley(value, 6, 10 ** 6, seed=0, tolerance=0.01, on_pair=lambda v, se, k: seen.append(k))
+    seen, maps = [], []
+    est = permutation_shapley(value, 6, 10 ** 6, seed=0, tolerance=0.01,
+                              on_pair=lambda v, se, k: (seen.append(k), maps.append((v.copy(), se.copy()))))
     assert est["stopped"] == "tolerance" and est["std_error"].max() <= 0.01
-    assert seen == list(range(1, est["replicates"] + 1)) and est["evaluations"] == est["replicates"] * 14
+    # a first map after one permutation (half a pair, no standard error), then one per pair
+    assert seen == [0.5] + list(range(1, est["replicates"] + 1)) and est["evaluations"] == est["replicates"] * 14
+    first, first_se = maps[0]
+    assert np.isnan(first_se).all() and first.sum() == pytest.approx(est["v_full"] - est["v_empty"])
     assert np.abs(est["values"] - phi).max() <= 4 * 0.01

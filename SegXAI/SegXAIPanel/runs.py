@@ -10,7 +10,6 @@ parameter node and volumes are gone, so nothing is loaded into the new scene.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +36,7 @@ class PanelRuns:
         self.top_k = 10
         self.status = ""
         self.partials = 0
+        self._pending: dict | None = None  # the newest partial event whose folder could not be read yet
         self.scene_closed = False
         self.descriptions: dict[str, dict] = {}
         self.description_errors: dict[str, str] = {}
@@ -64,7 +64,7 @@ class PanelRuns:
     def start(self, runner: EngineRunner, background=None, top_k: int = 10) -> EngineRunner:
         self.runner, self.run, self.runs = runner, None, []
         self.background, self.top_k = background, top_k
-        self.partials, self.scene_closed, self.status = 0, False, ""
+        self.partials, self.scene_closed, self.status, self._pending = 0, False, "", None
         return runner
 
     def poll(self) -> list[Message]:
@@ -75,24 +75,29 @@ class PanelRuns:
             return []
         was_running = runner.state == RunState.RUNNING
         messages = runner.poll()
-        for message in messages:
-            if message.event and message.event.get("event") == "partial" and not self.scene_closed:
-                self._show_partial(message.event)
+        partials = [m.event for m in messages if m.event and m.event.get("event") == "partial"]
+        if partials:
+            self._pending = partials[-1]  # a newer partial result supersedes the older ones read in the same poll
+        if self._pending is not None and runner.state == RunState.RUNNING and not self.scene_closed:
+            if self._show_partial(self._pending):
+                self._pending = None
         if was_running and runner.state.finished:
+            self._pending = None  # the final result replaced OUT (partial/ with it) and is loaded instead
             self._finish(runner)
         return messages
 
-    def _show_partial(self, event: dict) -> None:
+    def _show_partial(self, event: dict) -> bool:
+        """Loads a partial result folder; False while it cannot be read (the engine is swapping in a newer one)."""
         folder = Path(str(event.get("path") or ""))
         if not (folder / RESULT_FILE).exists():
-            logging.warning("SegXAI: partial result %s has no %s; skipped", folder, RESULT_FILE)
-            return
+            return False
         if self.run is None:
             self.run = mrml_adapter.load_result(self.scene, folder, background=self.background, top_k=self.top_k)
         else:
             mrml_adapter.refresh_result(self.run, folder, background=self.background, top_k=self.top_k)
         self.partials += 1
         self.status = f"Partial result: {event.get('coalitions', '?')} of {event.get('budget', '?')} coalitions"
+        return True
 
     def _finish(self, runner: EngineRunner) -> None:
         if self.scene_closed:
