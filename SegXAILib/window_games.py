@@ -210,7 +210,8 @@ ESTIMATORS = ("permutation-cached", "window-games")
 def estimate_on_evaluator(name: str, evaluator, value: str, value_fn, target: Target, ref, budget: int | None, seed: int,
                           stage: str = "coalitions", tolerance: float | None = None, on_partial=None) -> dict:
     """Region SHAP's entry: `name` from ESTIMATORS on the evaluator's game (`budget` None: enumeration fits).
-    `on_partial(estimate)` receives the running permutation estimate after each pair (anytime results)."""
+    `on_partial(estimate)` receives the running permutation estimate after the first permutation, then after each
+    pair (anytime results)."""
     if name == "window-games":
         return window_game_shapley(evaluator, value, target, ref, max_passes=budget)
     n = evaluator.n_players
