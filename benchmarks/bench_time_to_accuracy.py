@@ -16,9 +16,11 @@ target inside the ROI against the model's own full prediction). Outside the play
   are replayed from memory and charged the forward time they took, which makes each rung cost what a from-scratch
   run costs while the benchmark runs the shared prefix only once.
 - SegXAI: a fresh ROI-restricted `Evaluator` (windows over the ROI only, memoised window logits, timed from its
-  construction) and an estimator. `permutation-cached` (window_games.py, fits the window cache) is anytime: its time
-  is when its running estimate first passes; it is region SHAP's default. The default shapiq approximator
-  (`estimators.DEFAULT_ESTIMATOR`, run as replicates) climbs the same doubling ladder as Captum.
+  construction) and an estimator. `exact` enumerates all 2^n coalitions: region SHAP's default when no budget is
+  given and n ≤ 12 (organ players); larger games skip it. `permutation-cached` (window_games.py, fits the window
+  cache) is anytime: its time is when its running estimate first passes; it is region SHAP's default above 12
+  players. The default shapiq approximator (`estimators.DEFAULT_ESTIMATOR`, run as replicates) climbs the same
+  doubling ladder as Captum.
 - Passing: relative L2 error ≤ 0.1 against the reference and the same five top regions (largest values).
 - Reference: exact enumeration when the players allow it (organ players). Else two different estimators on
   independent samples: the permutation Monte Carlo mean over half of the stored large-budget runs, and the
@@ -54,6 +56,7 @@ from SegXAILib.demo.run_demo import CT_MODEL, DEMO_SEED, demo_models, tumour_box
 from SegXAILib.demo.torso import ORGANS, make_torso_case
 from SegXAILib.estimators import DEFAULT_ESTIMATOR, all_coalitions, estimate_shapley, exact_shapley
 from SegXAILib.evaluator import Evaluator
+from SegXAILib.methods.region_shap import EXACT_UP_TO
 from SegXAILib.models import ModelOptions, load_models
 from SegXAILib.players import build_players, support_box
 from SegXAILib.targets import parse_target
@@ -65,7 +68,6 @@ from SegXAILib.windows import make_grid
 warnings.filterwarnings("ignore", category=UserWarning)
 REL_L2, TOP = 0.1, 5
 REFERENCES = Path(__file__).parent / "references"
-EXACT_UP_TO = 12
 DEVICE = torch.device("cpu")   # --device
 
 
@@ -251,7 +253,20 @@ def ours_shapiq(game: Game, seed: int, cap: float, ref: np.ndarray) -> tuple[flo
     return ladder(run, 2 * game.n + 2, cap, ref)
 
 
-OURS = {"permutation-cached": ours_permutation, DEFAULT_ESTIMATOR: ours_shapiq}
+def ours_exact(game: Game, seed: int, cap: float, ref: np.ndarray) -> tuple[float | None, int | None]:
+    """Region SHAP's default when no budget is given and the players are few (≤ EXACT_UP_TO): all 2^n coalitions
+    through a fresh evaluator, whose cache runs each distinct (window, pattern) once. `seed` plays no part."""
+    t0 = time.perf_counter()
+    evaluate = _capped(game.evaluator(), game, t0 + cap)
+    try:
+        phi = exact_shapley(evaluate(all_coalitions(game.n)), game.n)
+    except OverCap:
+        return None, None
+    seconds = time.perf_counter() - t0
+    return (seconds, 2 ** game.n) if passes(phi, ref) and seconds <= cap else (None, None)
+
+
+OURS = {"exact": ours_exact, "permutation-cached": ours_permutation, DEFAULT_ESTIMATOR: ours_shapiq}
 
 
 # ----- reference -------------------------------------------------------------------------------------------
@@ -376,6 +391,9 @@ def run_case(game: Game, estimators: list[str], seeds: int, cap_factor: float, m
         return {"case": game.name, "skipped": str(missing)}
     print(f"\n{game.name}: {game.n} players, reference: {how}", flush=True)
     row = {"case": game.name, "players": game.n, "reference": how, "ours": {}}
+    if game.n > EXACT_UP_TO and "exact" in estimators:
+        print(f"  SegXAI exact: not run ({game.n} players; region SHAP enumerates up to {EXACT_UP_TO})", flush=True)
+        estimators = [e for e in estimators if e != "exact"]
     for estimator in estimators:
         results = [OURS[estimator](game, seed, ours_cap, ref) for seed in range(seeds)]
         row["ours"][estimator] = summary([r[0] for r in results], ours_cap) | {"coalitions": [r[1] for r in results]}
@@ -408,7 +426,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the brain demo case only, permutation-cached only")
     parser.add_argument("--cases", default="brain,ct,brats")
-    parser.add_argument("--estimators", default=f"permutation-cached,{DEFAULT_ESTIMATOR}")
+    parser.add_argument("--estimators", default=f"exact,permutation-cached,{DEFAULT_ESTIMATOR}",
+                        help=f"exact (region SHAP's default up to {EXACT_UP_TO} players), permutation-cached (its default "
+                             f"above), {DEFAULT_ESTIMATOR}")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--cap-factor", type=float, default=12.0, help="naive cap = this × SegXAI's median time")
     parser.add_argument("--min-cap", type=float, default=20.0)
