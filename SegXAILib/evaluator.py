@@ -76,7 +76,7 @@ class Evaluator:
     def __init__(self, model: LoadedModel, image: np.ndarray, roi: np.ndarray, players: np.ndarray, n_players: int,
                  baseline: np.ndarray, device: torch.device, batch_size: int | None = None,
                  memory_fraction: float = 0.5, progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
-                 memo_bytes: int = 1 << 30):
+                 memo_bytes: int = 1 << 30, group_bytes: int = 1 << 30):
         self.model, self.device, self.n_players = model, device, n_players
         self.progress, self.cancel = progress, cancel
         self.grid = grid = make_grid(model.window, image.shape[1:])
@@ -109,6 +109,7 @@ class Evaluator:
         self.present = [np.flatnonzero(row) for row in self.presence]
         self.memo: dict[tuple[int, bytes], torch.Tensor] = {}
         self.memo_bytes, self.memo_used = memo_bytes, 0
+        self.group_bytes = group_bytes
         self.stats = EvaluatorStats(windows_total=len(grid.starts), windows_roi=len(self.windows))
         self.batch_size = batch_size or self._auto_batch_size(memory_fraction)
         self.stats.batch_size = self.batch_size
@@ -238,10 +239,13 @@ class Evaluator:
 
         A window's logits depend only on which of *its* players the coalition keeps, so they are memoised under
         that key (as the change from the full coalition, within a memory cap) and shared by every coalition,
-        in this call or a later one, that keeps the same players there.
+        in this call or a later one, that keeps the same players there. Coalitions are summed `group` at a time,
+        and a window run is shared within a group even when the memo is full; the group shrinks so that its
+        accumulators (one float64 (K, R) each) fit `group_bytes` (exact enumeration asks for all 2^n at once).
         """
         t_start = time.perf_counter()
         coalitions = np.asarray(coalitions, dtype=bool)
+        group = max(1, min(group, self.group_bytes // (self.base_sum.numel() * self.base_sum.element_size())))
         affected = self.affected(coalitions)
         total = int(affected.sum())
         done = 0

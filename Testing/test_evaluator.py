@@ -73,6 +73,27 @@ def test_batch_size_and_cache_do_not_change_values(image):
     assert runs[0][1] != runs[0][0] and runs[0][2] == runs[0][0]  # the far player cannot change the ROI
 
 
+def test_groups_shrink_to_their_memory_and_keep_the_values(image):
+    """Exact enumeration evaluates all 2^n coalitions in one call: one float64 accumulator per coalition of a group
+    must fit `group_bytes`. With room for one and no memo, nothing is shared, and the values stay the same."""
+    model = _segresnet_model()
+    roi = _roi(image.shape[1:])
+    region = np.full((1,) + image.shape[1:], -1)
+    region[0, 12:18, 32:38, 6:10] = 0
+    region[0, 54:62, 0:8, 30:38] = 1
+    coalitions = np.array([[False, True], [False, True]])    # in one group, the second copy's windows are shared
+    runs, evaluators = [], []
+    for memo, group in ((1 << 30, 1 << 30), (0, 1)):
+        ev = Evaluator(model, image, roi, region, 2, np.zeros((1, 1, 1, 1), np.float32), torch.device("cpu"),
+                       batch_size=2, memo_bytes=memo, group_bytes=group)
+        runs.append(ev.evaluate(coalitions, lambda z: [float(z.double().sum())], group=len(coalitions)))
+        evaluators.append(ev)
+    shared, alone = (e.stats.window_evaluations - e.stats.windows_roi for e in evaluators)   # less the full pass
+    affected = evaluators[1].affected(coalitions).sum(1)
+    assert alone == affected.sum() and shared == affected[0] > 0
+    assert np.allclose(runs[0], runs[1], rtol=1e-6, atol=0)
+
+
 def test_progress_and_cancel(image):
     model = _segresnet_model()
     roi = _roi(image.shape[1:])
